@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CORPUS := saves/tinyshakespeare.txt
+
+.PHONY: train test bench install clean-venv
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "Python 3.10 or newer is needed (found $$($(PYTHON) --version)); set PYTHON=python3.X"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+$(CORPUS): | $(VENV)/.installed
+	$(PY) scripts/fetch_data.py
+
+train: $(VENV)/.installed $(CORPUS)
+	$(PY) scripts/train_local.py $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed $(CORPUS)
+	$(PY) scripts/bench.py $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

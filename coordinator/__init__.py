@@ -1,0 +1,1 @@
+"""The coordinator: parameter server, chunk assignment, checkpoints (python -m coordinator)."""

@@ -1,0 +1,61 @@
+"""python -m coordinator --bind tcp://*:5555 [training flags]: the parameter server."""
+import os
+
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")   # before numpy loads: the coordinator must not steal cores
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+from model.checkpoint import CheckpointError  # noqa: E402
+from model.cli import add_training_arguments, config_from_args  # noqa: E402
+from model.run import TrainingRun  # noqa: E402
+from protocol.transport import log_line  # noqa: E402
+from .service import Coordinator  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
+    net = parser.add_argument_group("network")
+    net.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                     help="ROUTER endpoint; use tcp://*:5555 to accept workers from other hosts, "
+                          "port * for any free port (default: %(default)s)")
+    net.add_argument("--endpoint-file", help="write the endpoint actually bound to this file once listening")
+    net.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default: %(default)s)")
+    net.add_argument("--liveness", type=float, default=10.0,
+                     help="seconds of silence before a worker is declared dead (default: %(default)s)")
+    net.add_argument("--min-workers", type=int, default=1,
+                     help="wait for this many workers before the first step, so that runs with the "
+                          "same worker count partition the chunks alike (default: %(default)s)")
+    net.add_argument("--max-message-mb", type=float, default=512,
+                     help="largest message accepted, in MiB (default: %(default)s)")
+    add_training_arguments(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        run = TrainingRun(config, args.corpus, args.save_dir, steps=args.steps, epochs=args.epochs,
+                          fresh=args.fresh, checkpoint_every=args.checkpoint_every, log=log_line)
+        coordinator = Coordinator(run, args.bind, heartbeat_s=args.heartbeat, liveness_s=args.liveness,
+                                  max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+                                  min_workers=args.min_workers)
+    except (ValueError, FileNotFoundError, CheckpointError, OSError) as error:
+        log_line(f"error: {error}")
+        return 2
+    if not coordinator.endpoint.startswith(("tcp://127.", "ipc://", "inproc://", "tcp://[::1]")):
+        log_line(f"WARNING: listening on {coordinator.endpoint} without authentication or encryption; "
+                 f"anyone who can reach this port can join or read the model. Bind to 127.0.0.1 or "
+                 f"a private network.")
+    if args.endpoint_file:
+        temp = args.endpoint_file + ".tmp"
+        with open(temp, "w") as handle:
+            handle.write(coordinator.endpoint)
+        os.replace(temp, args.endpoint_file)
+    return coordinator.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""ParameterServer: the coordinator's logic as a plain object, with no sockets.
+
+It owns the training state (through TrainState), the roster of workers and the bookkeeping
+of the step in flight. The socket loop in service.py feeds it events and sends what it returns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import itertools
+
+import numpy as np
+
+from model.corpus import Corpus
+from model.training import TrainState
+
+
+@dataclass
+class WorkerRecord:
+    token: int
+    identity: bytes
+    name: str
+    last_heard: float
+    last_sent: float = 0.0
+
+
+@dataclass
+class Contribution:
+    loss: float
+    grad: np.ndarray        # (P,)
+    h: np.ndarray           # (L, b, H)
+    c: np.ndarray           # (L, b, H)
+    compute_s: float
+
+
+@dataclass
+class StepInFlight:
+    step: int
+    owner: dict[tuple[int, ...], int]                      # chunk group -> token computing it
+    received: dict[tuple[int, ...], Contribution] = field(default_factory=dict)
+    accepted_from: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.received) == len(self.owner)
+
+
+@dataclass
+class WorkItem:
+    token: int
+    step: int
+    chunks: tuple[int, ...]
+
+
+def partition(chunks: int, parts: int) -> list[tuple[int, ...]]:
+    """Contiguous groups whose sizes differ by at most one; depends only on the counts."""
+    parts = min(parts, chunks)
+    base, extra = divmod(chunks, parts)
+    groups, start = [], 0
+    for k in range(parts):
+        size = base + (1 if k < extra else 0)
+        groups.append(tuple(range(start, start + size)))
+        start += size
+    return groups
+
+
+class ParameterServer:
+    def __init__(self, state: TrainState, corpus: Corpus, liveness_s: float = 10.0):
+        self.state = state
+        self.corpus = corpus
+        self.liveness_s = liveness_s
+        self.workers: dict[int, WorkerRecord] = {}
+        self.in_flight: StepInFlight | None = None
+        self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
+
+    # roster -------------------------------------------------------------------------------
+    def register(self, identity: bytes, name: str, now: float) -> int:
+        """A new incarnation: any earlier registration from the same socket is dropped first."""
+        for old in [t for t, w in self.workers.items() if w.identity == identity]:
+            self.drop(old)
+        token = next(self._tokens)
+        self.workers[token] = WorkerRecord(token, identity, name, now)
+        return token
+
+    def heard_from(self, token: int, now: float) -> bool:
+        worker = self.workers.get(token)
+        if worker is None:
+            return False
+        worker.last_heard = now
+        return True
+
+    def drop(self, token: int) -> list[WorkItem]:
+        """Forgets a worker (dead or leaving); its unfinished groups go to live workers."""
+        self.workers.pop(token, None)
+        if self.in_flight is None:
+            return []
+        orphaned = [g for g, t in self.in_flight.owner.items()
+                    if t == token and g not in self.in_flight.received]
+        return self._reassign(orphaned)
+
+    def reap(self, now: float) -> tuple[list[int], list[WorkItem]]:
+        """Declares workers silent past liveness_s dead. Returns (dead tokens, new work)."""
+        dead = [t for t, w in self.workers.items() if now - w.last_heard > self.liveness_s]
+        work = []
+        for token in dead:
+            work += self.drop(token)
+        return dead, work
+
+    def _least_loaded(self) -> int | None:
+        if not self.workers:
+            return None
+        pending = {t: 0 for t in self.workers}
+        if self.in_flight:
+            for group, token in self.in_flight.owner.items():
+                if token in pending and group not in self.in_flight.received:
+                    pending[token] += len(group)
+        return min(pending, key=lambda t: (pending[t], t))
+
+    def _reassign(self, groups) -> list[WorkItem]:
+        """Whole groups move, so the same batches are computed and the sum stays bit-identical."""
+        work = []
+        for group in groups:
+            token = self._least_loaded()
+            if token is None:
+                break          # no live worker: the groups wait in owner for the next one
+            self.in_flight.owner[group] = token
+            work.append(WorkItem(token, self.in_flight.step, group))
+        return work
+
+    def orphaned_work(self) -> list[WorkItem]:
+        """Groups of the step in flight whose owner is gone (e.g. every worker died)."""
+        if self.in_flight is None:
+            return []
+        groups = [g for g, t in self.in_flight.owner.items()
+                  if t not in self.workers and g not in self.in_flight.received]
+        return self._reassign(groups)
+
+    # steps --------------------------------------------------------------------------------
+    def start_step(self) -> list[WorkItem]:
+        """Partitions the chunks over the live workers (in token order) for the next step."""
+        if self.in_flight is not None or not self.workers:
+            return []
+        tokens = sorted(self.workers)
+        groups = partition(self.state.config.chunks, len(tokens))
+        self.in_flight = StepInFlight(self.state.step, dict(zip(groups, tokens)))
+        return [WorkItem(t, self.state.step, g) for g, t in zip(groups, tokens)]
+
+    def work_arrays(self, item: WorkItem) -> dict[str, np.ndarray]:
+        chunk_ids = list(item.chunks)
+        inputs, targets = self.corpus.window(self.state.step_in_epoch, chunk_ids)
+        return {"params": self.state.params, "h": self.state.chunk_h[:, chunk_ids],
+                "c": self.state.chunk_c[:, chunk_ids], "inputs": inputs, "targets": targets}
+
+    def accept_push(self, token: int, step: int, chunks: tuple[int, ...], contribution: Contribution):
+        """Returns ("accepted" | "duplicate", None) or (None, reason) for a refused push."""
+        if token not in self.workers:
+            return None, "unknown or expired token"
+        flight = self.in_flight
+        if flight is None or step != flight.step:
+            return None, f"step {step} is not the step in flight (next is {self.state.step})"
+        if flight.owner.get(chunks) != token:
+            if flight.accepted_from.get(chunks) == token:
+                return "duplicate", None
+            return None, f"chunks {list(chunks)} are not assigned to this worker for step {step}"
+        if chunks in flight.received:
+            return "duplicate", None
+        flight.received[chunks] = contribution
+        flight.accepted_from[chunks] = token
+        return "accepted", None
+
+    def finish_step(self) -> dict:
+        """Sums the contributions in ascending chunk order, applies the optimizer step, stores
+        the chunks' new states. Returns the step's figures for the log."""
+        flight = self.in_flight
+        if flight is None or not flight.complete:
+            raise RuntimeError("finish_step called before every chunk's contribution arrived")
+        groups = sorted(flight.received)
+        grad_sum = flight.received[groups[0]].grad.copy()
+        for group in groups[1:]:
+            grad_sum += flight.received[group].grad
+        new_h, new_c = self.state.chunk_h.copy(), self.state.chunk_c.copy()
+        for group in groups:
+            new_h[:, list(group)] = flight.received[group].h
+            new_c[:, list(group)] = flight.received[group].c
+        loss_sum = sum(flight.received[g].loss for g in groups)
+        norm = self.state.apply_gradient(grad_sum, new_h, new_c)
+        self.in_flight = None
+        return {"loss": loss_sum / self.state.predictions_per_step, "grad_norm": norm,
+                "compute_s": max(flight.received[g].compute_s for g in groups),
+                "groups": len(groups)}

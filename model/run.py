@@ -1,0 +1,82 @@
+"""A training run's bookkeeping: resume or start, stop target, metrics.jsonl, checkpoints.
+
+Shared by the single-process loop and the coordinator so both resume, log and checkpoint alike."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
+from .config import Config
+from .corpus import make_corpus, read_corpus
+from .training import TrainState, new_state
+
+
+class TrainingRun:
+    def __init__(self, config: Config, corpus_path: str, save_dir: str, *, steps=None,
+                 epochs=None, fresh=False, checkpoint_every=50, log=print):
+        self.log = log
+        self.save_dir = save_dir
+        self.checkpoint_every = checkpoint_every
+        text = read_corpus(corpus_path)
+        self.corpus, config = make_corpus(text, config)
+        state = None if fresh else load_latest_state(save_dir, log)
+        if state is None:
+            state = new_state(config, self.corpus)
+        else:
+            self._check_resumable(state, config)
+            state.config = config
+            log(f"resuming from {self.checkpoint_path} at step {state.step} (epoch {state.epoch})")
+        self.state: TrainState = state
+        if steps is None:
+            steps = round((50 if epochs is None else epochs) * self.corpus.steps_per_epoch)
+        self.target_steps = steps
+        self.started = time.monotonic()
+        self.elapsed_before = float(state.extra_meta.get("elapsed_s", 0.0))
+        log(config.describe())
+        log(f"corpus {corpus_path}: {len(self.corpus.vocab)} symbols, {self.corpus.chunks} chunks x "
+            f"{self.corpus.chunk_len} chars, {self.corpus.steps_per_epoch} steps per epoch, "
+            f"{self.corpus.val_text.size} held-out chars; training to step {self.target_steps}")
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.save_dir, "checkpoint.npz")
+
+    def _check_resumable(self, state: TrainState, config: Config) -> None:
+        problems = state.config.architecture_mismatch(config)
+        if state.corpus_sha256 != self.corpus.sha256 or state.vocab != self.corpus.vocab:
+            problems.append("the corpus differs from the one the checkpoint was trained on")
+        if problems:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} does not match this run: " + "; ".join(problems)
+                + ". Pass the checkpoint's settings, another --save-dir, or --fresh to start over")
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.target_steps
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def record_step(self, loss: float, grad_norm: float, step_seconds: float, **extra) -> dict:
+        """After state.apply_gradient: appends the metrics line and checkpoints when due."""
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {self.state.step}; lower --lr or "
+                                     f"--clip and resume from the last checkpoint")
+        chars = self.state.predictions_per_step
+        line = {"step": self.state.step, "epoch": round(self.state.step / self.state.steps_per_epoch, 4),
+                "loss": loss, "grad_norm": grad_norm,
+                "chars_per_s": chars / step_seconds if step_seconds > 0 else None,
+                "elapsed_s": round(self.elapsed(), 3), **extra}
+        os.makedirs(self.save_dir, exist_ok=True)
+        with open(os.path.join(self.save_dir, "metrics.jsonl"), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+        if self.done or self.state.step % self.checkpoint_every == 0:
+            self.checkpoint()
+        return line
+
+    def checkpoint(self) -> None:
+        self.state.extra_meta["elapsed_s"] = round(self.elapsed(), 3)
+        save_checkpoint(self.checkpoint_path, self.state)

@@ -1,0 +1,99 @@
+"""Training state and the optimizer step shared by the single-process loop and the coordinator."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import lstm
+from .config import Config
+from .corpus import Corpus
+from .optim import clip_by_global_norm, rmsprop
+from .params import ParamLayout, init_params
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs: parameters, RMSprop accumulators, every chunk's carried state."""
+    config: Config
+    vocab: str
+    corpus_sha256: str
+    steps_per_epoch: int
+    params: np.ndarray          # (P,) flat, config.dtype
+    params_rms: np.ndarray      # (P,) RMSprop's v, same layout
+    chunk_h: np.ndarray         # (L, C, H)
+    chunk_c: np.ndarray         # (L, C, H)
+    step: int = 0
+    extra_meta: dict = field(default_factory=dict)
+
+    @property
+    def layout(self) -> ParamLayout:
+        return ParamLayout.for_model(len(self.vocab), self.config.layers, self.config.hidden)
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    @property
+    def step_in_epoch(self) -> int:
+        return self.step % self.steps_per_epoch
+
+    @property
+    def predictions_per_step(self) -> int:
+        return self.config.chunks * self.config.seq_len
+
+    def param_views(self) -> dict[str, np.ndarray]:
+        return self.layout.views(self.params)
+
+    def apply_gradient(self, grad_sum: np.ndarray, chunk_h: np.ndarray, chunk_c: np.ndarray) -> float:
+        """One optimizer step from the gradient of the summed loss over every chunk's window,
+        and the chunks' new carried states. Returns the gradient's global norm before clipping."""
+        grad = grad_sum / grad_sum.dtype.type(self.predictions_per_step)
+        norm = clip_by_global_norm(grad, self.config.clip)
+        self.params = rmsprop(self.params, self.params_rms, grad,
+                              self.config.lr, self.config.rho, self.config.eps)
+        self.step += 1
+        if self.step_in_epoch == 0:     # a new epoch starts every chunk from a zero state
+            self.chunk_h = np.zeros_like(self.chunk_h)
+            self.chunk_c = np.zeros_like(self.chunk_c)
+        else:
+            self.chunk_h, self.chunk_c = chunk_h, chunk_c
+        return norm
+
+
+def new_state(config: Config, corpus: Corpus) -> TrainState:
+    dtype = np.dtype(config.dtype)
+    layout = ParamLayout.for_model(len(corpus.vocab), config.layers, config.hidden)
+    state_shape = (config.layers, config.chunks, config.hidden)
+    return TrainState(config=config, vocab=corpus.vocab, corpus_sha256=corpus.sha256,
+                      steps_per_epoch=corpus.steps_per_epoch,
+                      params=init_params(layout, config.hidden, config.seed, dtype),
+                      params_rms=np.zeros(layout.total, dtype), chunk_h=np.zeros(state_shape, dtype),
+                      chunk_c=np.zeros(state_shape, dtype))
+
+
+class ChunkGradients:
+    """Loss, gradient and new carried state for a batch of chunks' windows: the worker's math.
+
+    Each call returns a fresh gradient vector: the previous one may still be in a socket's
+    zero-copy send queue."""
+
+    def __init__(self, layout: ParamLayout, dtype):
+        self.layout = layout
+        self.dtype = np.dtype(dtype)
+
+    def compute(self, params: np.ndarray, inputs, targets, h0, c0):
+        """Returns (loss_sum, grad_sum (P,), h_T, c_T) for inputs/targets (B, T), states (L, B, H)."""
+        grad = np.empty(self.layout.total, dtype=self.dtype)
+        loss_sum, h_last, c_last, _, _ = lstm.loss_and_grad(
+            self.layout.views(params), self.layout.views(grad), inputs, targets, h0, c0)
+        return loss_sum, grad, h_last, c_last
+
+
+def local_step(state: TrainState, corpus: Corpus, gradients: ChunkGradients) -> tuple[float, float]:
+    """The single-process step: all chunks in one batch. Returns (mean loss, gradient norm)."""
+    inputs, targets = corpus.window(state.step_in_epoch)
+    loss_sum, grad, h_last, c_last = gradients.compute(
+        state.params, inputs, targets, state.chunk_h, state.chunk_c)
+    norm = state.apply_gradient(grad, h_last, c_last)
+    return loss_sum / state.predictions_per_step, norm

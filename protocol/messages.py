@@ -1,0 +1,197 @@
+"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/1 (SPEC.md, sections 3-4)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+SIGNATURE = b"CLSTM/1"
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ARRAYS = 16
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+FLOAT_DTYPES = ("<f4", "<f8")
+INDEX_DTYPE = "<i4"
+
+
+class ProtocolError(ValueError):
+    """Anything malformed: the receiver drops the message, logs why, and keeps serving."""
+
+
+# Field kinds.
+INT, FLOAT, STR, BOOL, MAP, CHUNKS, INTS, STRS, SHAPES = (
+    "int", "float", "str", "bool", "map", "chunks", "ints", "strs", "shapes")
+
+# cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
+STATE = ("S", "b", "W")
+SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]] = {
+    "register": ({"name": STR}, {}),
+    "heartbeat": ({"token": INT}, {}),
+    "push": ({"token": INT, "step": INT, "chunks": CHUNKS, "loss": FLOAT, "compute_s": FLOAT},
+             {"grad": ("float", ("P",)), "h": ("float", STATE), "c": ("float", STATE)}),
+    "bye": ({"token": INT}, {}),
+    "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
+                 "liveness_s": FLOAT}, {}),
+    "work": ({"token": INT, "step": INT, "chunks": CHUNKS},
+             {"params": ("float", ("P",)), "h": ("float", STATE), "c": ("float", STATE),
+              "inputs": ("index", ("b", "T")), "targets": ("index", ("b", "T"))}),
+    "ack": ({"step": INT, "chunks": INTS, "status": STR}, {}),
+    "reject": ({"reason": STR, "reregister": BOOL}, {}),
+    "stop": ({"reason": STR}, {}),
+    "pull": ({}, {}),
+    "model": ({"step": INT, "config": MAP, "vocab": STR, "names": STRS, "shapes": SHAPES},
+              {"params": ("float", ("P",))}),
+}
+
+
+@dataclass
+class Message:
+    cmd: str
+    fields: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __getitem__(self, key):
+        return self.fields[key]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63
+
+
+def _check_field(cmd: str, name: str, kind: str, value) -> None:
+    ok = {
+        INT: lambda v: _is_int(v),
+        FLOAT: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        STR: lambda v: isinstance(v, str) and len(v) <= MAX_HEADER_BYTES,
+        BOOL: lambda v: isinstance(v, bool),
+        MAP: lambda v: isinstance(v, dict),
+        INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+        CHUNKS: lambda v: (isinstance(v, list) and len(v) >= 1 and all(_is_int(x) for x in v)
+                           and all(a < b for a, b in zip(v, v[1:]))),
+        STRS: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        SHAPES: lambda v: isinstance(v, list) and all(
+            isinstance(s, list) and all(_is_int(d) for d in s) for s in v),
+    }[kind](value)
+    if not ok:
+        raise ProtocolError(f"{cmd}: field {name!r} is not a valid {kind} ({_short(value)})")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_fields(cmd: str, fields: dict) -> None:
+    if cmd not in SCHEMAS:
+        raise ProtocolError(f"unknown command {_short(cmd)}")
+    expected = SCHEMAS[cmd][0]
+    missing, extra = expected.keys() - fields.keys(), fields.keys() - expected.keys()
+    if missing or extra:
+        raise ProtocolError(f"{cmd}: missing fields {sorted(missing)} / unexpected fields "
+                            f"{sorted(map(str, extra))[:5]}")
+    for name, kind in expected.items():
+        _check_field(cmd, name, kind, fields[name])
+
+
+def _check_array(cmd: str, name: str, array: np.ndarray, fields: dict, dims: dict | None) -> None:
+    kind, symbols = SCHEMAS[cmd][1][name]
+    dtype = array.dtype.str
+    if kind == "index" and dtype != INDEX_DTYPE:
+        raise ProtocolError(f"{cmd}: array {name!r} must be {INDEX_DTYPE}, got {dtype}")
+    if kind == "float":
+        if dtype not in FLOAT_DTYPES:
+            raise ProtocolError(f"{cmd}: array {name!r} must be one of {FLOAT_DTYPES}, got {dtype}")
+        if dims and "float" in dims and dtype != dims["float"]:
+            raise ProtocolError(f"{cmd}: array {name!r} is {dtype}, this run uses {dims['float']}")
+        if not np.isfinite(array).all():
+            raise ProtocolError(f"{cmd}: array {name!r} holds NaN or infinite values")
+    if array.ndim != len(symbols):
+        raise ProtocolError(f"{cmd}: array {name!r} must have {len(symbols)} dimensions, "
+                            f"got shape {array.shape}")
+    known = dict(dims or {})
+    if "chunks" in fields:
+        known["b"] = len(fields["chunks"])
+    for axis, symbol in enumerate(symbols):
+        if symbol in known and array.shape[axis] != known[symbol]:
+            raise ProtocolError(f"{cmd}: array {name!r} has shape {array.shape}, axis {axis} "
+                                f"must be {symbol} = {known[symbol]}")
+
+
+def encode(message: Message) -> list:
+    """Frames ready for send_multipart: signature, header, then the arrays' own buffers
+    (contiguous arrays are not copied). Raises ProtocolError for a message that breaks SPEC."""
+    _check_fields(message.cmd, message.fields)
+    expected = SCHEMAS[message.cmd][1]
+    if message.arrays.keys() != expected.keys():
+        raise ProtocolError(f"{message.cmd}: arrays must be {sorted(expected)}, "
+                            f"got {sorted(message.arrays)}")
+    specs, frames = [], []
+    for name in expected:
+        array = np.ascontiguousarray(message.arrays[name])
+        if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
+            array = array.astype(array.dtype.newbyteorder("<"))
+        _check_array(message.cmd, name, array, message.fields, None)
+        specs.append([name, array.dtype.str, list(array.shape)])
+        frames.append(memoryview(array).cast("B") if array.size else b"")
+    header = msgpack.packb({"cmd": message.cmd, "arrays": specs, **message.fields}, use_bin_type=True)
+    if len(header) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"{message.cmd}: header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+    return [SIGNATURE, header, *frames]
+
+
+def _unpack_header(raw) -> dict:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(bytes(raw), raw=False, strict_map_key=True, use_list=True,
+                                 max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_ext_len=0,
+                                 max_array_len=100_000, max_map_len=64)
+    except Exception as error:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"header is not valid msgpack ({type(error).__name__}: {error})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header must be a map, got {type(header).__name__}")
+    return header
+
+
+def decode(frames, dims: dict | None = None,
+           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """Frames (bytes-like, without the ROUTER identity) -> Message, or ProtocolError.
+
+    dims, when given, maps shape symbols (P, S, W, T) and "float" (the run's float dtype)
+    to the values this receiver expects."""
+    frames = list(frames)
+    if len(frames) < 2:
+        raise ProtocolError(f"a message needs at least 2 frames, got {len(frames)}")
+    if bytes(frames[0]) != SIGNATURE:
+        raise ProtocolError(f"wrong protocol signature {_short(bytes(frames[0])[:16])}, "
+                            f"expected {SIGNATURE!r}")
+    total = sum(len(f) for f in frames)
+    if total > max_message_bytes:
+        raise ProtocolError(f"message of {total} bytes exceeds the limit of {max_message_bytes}")
+    header = _unpack_header(frames[1])
+    cmd, specs = header.pop("cmd", None), header.pop("arrays", None)
+    if not isinstance(cmd, str):
+        raise ProtocolError("header has no command")
+    _check_fields(cmd, header)
+    expected = SCHEMAS[cmd][1]
+    if not isinstance(specs, list) or len(specs) > MAX_ARRAYS or len(specs) != len(frames) - 2:
+        raise ProtocolError(f"{cmd}: the array list does not match the {len(frames) - 2} array frames")
+    arrays = {}
+    for spec, frame in zip(specs, frames[2:]):
+        if (not isinstance(spec, list) or len(spec) != 3 or not isinstance(spec[0], str)
+                or spec[1] not in FLOAT_DTYPES + (INDEX_DTYPE,) or not isinstance(spec[2], list)
+                or len(spec[2]) > 4 or not all(_is_int(d) and d < 2 ** 31 for d in spec[2])):
+            raise ProtocolError(f"{cmd}: malformed array description {_short(spec)}")
+        name, dtype, shape = spec
+        if name not in expected or name in arrays:
+            raise ProtocolError(f"{cmd}: unexpected or repeated array {_short(name)}")
+        itemsize = np.dtype(dtype).itemsize
+        if math.prod(shape) * itemsize != len(frame):
+            raise ProtocolError(f"{cmd}: array {name!r} of shape {shape} and {dtype} needs "
+                                f"{math.prod(shape) * itemsize} bytes, frame has {len(frame)}")
+        arrays[name] = np.frombuffer(frame, dtype=dtype).reshape(shape)
+        _check_array(cmd, name, arrays[name], header, dims)
+    if arrays.keys() != expected.keys():
+        raise ProtocolError(f"{cmd}: arrays must be {sorted(expected)}, got {sorted(arrays)}")
+    return Message(cmd, header, arrays)

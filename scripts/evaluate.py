@@ -1,0 +1,41 @@
+"""Mean next-character loss of a model over a text (state carried from zero), in nats and bits."""
+import argparse
+import json
+import sys
+
+import _paths  # noqa: F401
+from _load import add_model_arguments, load_from_args
+
+from model.checkpoint import CheckpointError
+from model.corpus import read_corpus, split_point
+from model.inference import evaluate
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--text", required=True, help="UTF-8 text file to evaluate on")
+    parser.add_argument("--tail-fraction", type=float, default=None,
+                        help="evaluate only the last fraction of the text, e.g. 0.1 for the held-out "
+                             "split of --val-fraction 0.1 (default: the whole text)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        model = load_from_args(args)
+        text = read_corpus(args.text)
+        if args.tail_fraction is not None:
+            text = text[split_point(len(text), args.tail_fraction):]
+        result = evaluate(model, text)
+    except (ValueError, CheckpointError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['nats_per_char']:.4f} nats/char  {result['bits_per_char']:.4f} bits/char  "
+              f"over {result['chars']} predictions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

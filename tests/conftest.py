@@ -1,0 +1,38 @@
+import os
+import random
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def generated_text(n_chars: int, seed: int = 0) -> str:
+    """A small play-like corpus: speaker lines and pseudo-words, all generated."""
+    rng = random.Random(seed)
+    names = ["ANNA", "BORIS", "CLEO", "DMITRI"]
+    words = ["the", "and", "lord", "shall", "night", "sword", "crown", "love", "my", "thou"]
+    parts, length = [], 0
+    while length < n_chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))
+        parts.append(rng.choice(names) + ":\n" + line.capitalize() + rng.choice(".!?,") + "\n\n")
+        length += len(parts[-1])
+    return "".join(parts)[:n_chars]
+
+
+@pytest.fixture
+def small_text() -> str:
+    return generated_text(6000)
+
+
+@pytest.fixture
+def corpus_file(tmp_path, small_text):
+    path = tmp_path / "corpus.txt"
+    path.write_text(small_text, encoding="utf-8")
+    return str(path)
+
+
+SHAKESPEARE = os.path.join(ROOT, "saves", "tinyshakespeare.txt")

@@ -1,0 +1,87 @@
+"""Checkpoint format, round trip, atomic writes, corruption and fallback."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from model import checkpoint
+from model.checkpoint import CheckpointError, load_latest_state, load_state, save_checkpoint
+from model.config import Config
+from model.corpus import make_corpus
+from model.training import ChunkGradients, local_step, new_state
+from tests.conftest import generated_text
+
+
+def trained_state(steps=2, dtype="float64"):
+    corpus, config = make_corpus(generated_text(3000), Config(layers=2, hidden=8, chunks=3, seq_len=10,
+                                                              dtype=dtype))
+    state = new_state(config, corpus)
+    gradients = ChunkGradients(state.layout, state.params.dtype)
+    for _ in range(steps):
+        local_step(state, corpus, gradients)
+    return state
+
+
+def test_round_trip_and_format(tmp_path):
+    state = trained_state()
+    path = str(tmp_path / "checkpoint.npz")
+    save_checkpoint(path, state)
+    with np.load(path, allow_pickle=False) as archive:
+        meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
+        for key in ("format", "vocab", "layers", "hidden", "seq_len", "chunks", "chunk_len", "val_fraction",
+                    "lr", "rho", "eps", "clip", "dtype", "seed", "step", "epoch", "corpus_sha256"):
+            assert key in meta, key
+        assert meta["format"] == "charlstm/1" and meta["step"] == 2
+        assert archive["param/lstm0.W_x"].shape == (len(state.vocab), 32)
+        assert archive["param/lstm1.W_h"].shape == (8, 32)
+        assert archive["rmsprop/head.W"].shape == (8, len(state.vocab))
+        assert archive["chunks/h"].shape == (2, 3, 8)
+        assert int(archive["chunks/step_in_epoch"]) == 2
+    loaded = load_state(path)
+    assert loaded.step == 2 and loaded.config == state.config
+    np.testing.assert_array_equal(loaded.params, state.params)
+    np.testing.assert_array_equal(loaded.params_rms, state.params_rms)
+    np.testing.assert_array_equal(loaded.chunk_c, state.chunk_c)
+
+
+def test_write_that_dies_half_way_leaves_the_old_file(tmp_path, monkeypatch):
+    state = trained_state(1)
+    path = str(tmp_path / "checkpoint.npz")
+    save_checkpoint(path, state)
+    before = open(path, "rb").read()
+
+    def dying_savez(handle, **arrays):
+        handle.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.np, "savez", dying_savez)
+    state.step = 7
+    with pytest.raises(OSError):
+        save_checkpoint(path, state)
+    assert open(path, "rb").read() == before
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_corrupt_checkpoint_is_named_and_history_is_used(tmp_path):
+    state = trained_state(1)
+    path = str(tmp_path / "checkpoint.npz")
+    save_checkpoint(path, state)
+    state.step = 2
+    save_checkpoint(path, state)
+    os.unlink(path)
+    with open(path, "wb") as handle:      # a new, truncated file in place of the latest
+        handle.write(open(tmp_path / "history" / "checkpoint-000000002.npz", "rb").read()[:500])
+    with pytest.raises(CheckpointError, match="checkpoint.npz is corrupt or truncated"):
+        load_state(path)
+    logged = []
+    recovered = load_latest_state(str(tmp_path), logged.append)
+    assert recovered.step == 2 and "corrupt" in logged[0]
+
+
+def test_history_keeps_the_last_three(tmp_path):
+    state = trained_state(1)
+    for step in range(5):
+        state.step = step
+        save_checkpoint(str(tmp_path / "checkpoint.npz"), state)
+    assert sorted(os.listdir(tmp_path / "history")) == [
+        "checkpoint-000000002.npz", "checkpoint-000000003.npz", "checkpoint-000000004.npz"]

@@ -1,0 +1,95 @@
+"""docker-compose.yml without a Docker engine: parse it, then run each service's own command and
+environment as local processes (service names mapped to 127.0.0.1, volumes to temp folders)."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests import processes as procs
+from tests.conftest import generated_text
+
+ROOT = procs.ROOT
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def compose():
+    with open(os.path.join(ROOT, "docker-compose.yml")) as handle:
+        return yaml.safe_load(handle)
+
+
+def test_compose_file_declares_the_cluster(compose):
+    services = compose["services"]
+    assert set(services) >= {"coordinator", "worker", "sample"}
+    coordinator = services["coordinator"]
+    assert "5555:5555" in coordinator["ports"] and "healthcheck" in coordinator
+    assert coordinator["restart"] and any(v.endswith(":/checkpoints") for v in coordinator["volumes"])
+    assert services["worker"]["deploy"]["replicas"] >= 1
+    assert not services["worker"].get("volumes"), "workers need no corpus volume"
+    assert services["sample"]["profiles"] == ["tools"]
+    assert os.path.exists(os.path.join(ROOT, services["coordinator"]["build"], "Dockerfile"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def localise(argv, port, mounts):
+    out = []
+    for arg in argv:
+        arg = arg.replace("tcp://*:5555", f"tcp://127.0.0.1:{port}")
+        arg = arg.replace("tcp://coordinator:5555", f"tcp://127.0.0.1:{port}")
+        for inside, outside in mounts.items():
+            if arg.startswith(inside):
+                arg = outside + arg[len(inside):]
+        out.append(arg)
+    return out
+
+
+def service_process(service, port, mounts, extra=(), **kwargs):
+    argv = localise(service["command"], port, mounts)
+    assert argv[0] == "python"
+    env = dict(procs.env(), **{k: str(v) for k, v in service.get("environment", {}).items()})
+    return subprocess.Popen([sys.executable, *argv[1:], *extra], cwd=ROOT, env=env, **kwargs)
+
+
+def test_services_run_as_local_processes(compose, tmp_path):
+    data, checkpoints = tmp_path / "data", tmp_path / "checkpoints"
+    data.mkdir()
+    checkpoints.mkdir()
+    (data / "tinyshakespeare.txt").write_text(generated_text(20_000), encoding="utf-8")
+    mounts = {"/data": str(data), "/checkpoints": str(checkpoints)}
+    port = free_port()
+    services = compose["services"]
+    coordinator = service_process(services["coordinator"], port, mounts,
+                                  ["--steps", "4", "--hidden", "16", "--chunks", "4", "--seq-len", "20",
+                                   "--min-workers", "2"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers = [service_process(services["worker"], port, mounts, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        output, _ = coordinator.communicate(timeout=90)
+        assert coordinator.returncode == 0, output
+        assert "step 4/4" in output and "WARNING: listening on tcp://127.0.0.1" not in output
+        for worker in workers:
+            assert worker.wait(20) == 0
+    finally:
+        procs.stop_all(coordinator, *workers)
+    assert (checkpoints / "checkpoint.npz").exists()
+    # the sample service pulls from a live coordinator: run one that waits for a worker forever
+    coordinator = service_process(services["coordinator"], port, mounts, ["--hidden", "16", "--chunks", "4",
+                                                                          "--seq-len", "20"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sampler = service_process(services["sample"], port, mounts, ["--length", "30"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = sampler.communicate(timeout=60)
+        assert sampler.returncode == 0, err
+        assert len(out) == 31
+    finally:
+        procs.stop_all(coordinator)

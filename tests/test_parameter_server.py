@@ -1,0 +1,92 @@
+"""ParameterServer and WorkerCompute as plain objects: no sockets."""
+import numpy as np
+
+from coordinator.server import Contribution, ParameterServer, partition
+from model.config import Config
+from model.corpus import make_corpus
+from model.training import ChunkGradients, local_step, new_state
+from protocol import Message
+from tests.conftest import generated_text
+from worker.compute import WorkerCompute
+
+
+def setup(chunks=5):
+    corpus, config = make_corpus(generated_text(4000), Config(layers=2, hidden=8, chunks=chunks, seq_len=10,
+                                                              dtype="float64"))
+    return corpus, config, ParameterServer(new_state(config, corpus), corpus, liveness_s=5.0)
+
+
+def compute_push(server, item, computer):
+    arrays = server.work_arrays(item)
+    work = Message("work", {"token": item.token, "step": item.step, "chunks": list(item.chunks)}, arrays)
+    push = computer.compute(work)
+    return Contribution(push["loss"], push.arrays["grad"], push.arrays["h"], push.arrays["c"], 0.0)
+
+
+def test_partition_is_even_and_contiguous():
+    assert partition(25, 2) == [tuple(range(13)), tuple(range(13, 25))]
+    assert [len(g) for g in partition(10, 3)] == [4, 3, 3]
+    assert partition(2, 5) == [(0,), (1,)]
+
+
+def test_workers_compute_the_same_step_as_the_single_process_path():
+    corpus, config, server = setup()
+    reference = new_state(config, corpus)
+    gradients = ChunkGradients(reference.layout, reference.params.dtype)
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    tokens = [server.register(bytes([k]), f"w{k}", 0.0) for k in range(3)]
+    for _ in range(3):
+        items = server.start_step()
+        assert sorted(i.token for i in items) == sorted(tokens)
+        for item in reversed(items):                 # arrival order must not matter
+            assert server.accept_push(item.token, item.step, item.chunks,
+                                      compute_push(server, item, computer)) == ("accepted", None)
+        server.finish_step()
+        local_step(reference, corpus, gradients)
+    np.testing.assert_allclose(server.state.params, reference.params, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(server.state.chunk_h, reference.chunk_h, rtol=1e-10, atol=1e-13)
+
+
+def test_duplicates_stale_steps_and_foreign_chunks_change_nothing():
+    corpus, config, server = setup()
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
+    items = {i.token: i for i in server.start_step()}
+    contribution = compute_push(server, items[a], computer)
+    assert server.accept_push(a, 0, items[a].chunks, contribution) == ("accepted", None)
+    assert server.accept_push(a, 0, items[a].chunks, contribution) == ("duplicate", None)
+    status, reason = server.accept_push(a, 0, items[b].chunks, contribution)
+    assert status is None and "not assigned" in reason
+    status, reason = server.accept_push(a, 5, items[a].chunks, contribution)
+    assert status is None and "not the step in flight" in reason
+    assert server.accept_push(12345, 0, items[a].chunks, contribution)[0] is None
+    assert len(server.in_flight.received) == 1
+
+
+def test_a_dead_worker_s_chunks_move_whole_and_its_token_is_fenced():
+    corpus, config, server = setup()
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
+    items = {i.token: i for i in server.start_step()}
+    server.heard_from(a, 4.0)
+    dead, moved = server.reap(6.0)
+    assert dead == [b] and [(m.token, m.chunks) for m in moved] == [(a, items[b].chunks)]
+    late = compute_push(server, items[b], computer)
+    assert server.accept_push(b, 0, items[b].chunks, late)[0] is None
+    for item in (items[a], moved[0]):
+        assert server.accept_push(a, 0, item.chunks, compute_push(server, item, computer))[0] == "accepted"
+    assert server.in_flight.complete
+    server.finish_step()
+    assert server.state.step == 1
+
+
+def test_a_joining_worker_gets_chunks_at_the_next_step():
+    corpus, config, server = setup()
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    a = server.register(b"a", "a", 0.0)
+    (item,) = server.start_step()
+    b = server.register(b"b", "b", 0.0)
+    assert server.start_step() == []                 # a step is in flight
+    server.accept_push(a, 0, item.chunks, compute_push(server, item, computer))
+    server.finish_step()
+    assert {i.token for i in server.start_step()} == {a, b}

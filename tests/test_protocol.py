@@ -1,0 +1,137 @@
+"""CLSTM/1 encode/decode: round trips, every kind of malformed message, a seeded fuzz."""
+import random
+
+import msgpack
+import numpy as np
+import pytest
+
+from protocol import SIGNATURE, Message, ProtocolError, decode, encode
+
+DIMS = {"P": 10, "S": 2, "W": 3, "T": 4, "float": "<f4"}
+
+
+def push(**changes):
+    fields = {"token": 7, "step": 3, "chunks": [1, 2], "loss": 12.5, "compute_s": 0.1}
+    arrays = {"grad": np.arange(10, dtype=np.float32), "h": np.ones((2, 2, 3), np.float32),
+              "c": np.zeros((2, 2, 3), np.float32)}
+    fields.update(changes.pop("fields", {}))
+    arrays.update(changes.pop("arrays", {}))
+    return Message("push", fields, arrays)
+
+
+def frames_of(message):
+    return [bytes(f) for f in encode(message)]
+
+
+def header_frames(header, arrays=()):
+    return [SIGNATURE, msgpack.packb(header), *arrays]
+
+
+def test_round_trip_every_command():
+    work = Message("work", {"token": 1, "step": 0, "chunks": [0]},
+                   {"params": np.ones(10, np.float32), "h": np.ones((2, 1, 3), np.float32),
+                    "c": np.ones((2, 1, 3), np.float32), "inputs": np.zeros((1, 4), np.int32),
+                    "targets": np.ones((1, 4), np.int32)})
+    messages = [push(), work, Message("register", {"name": "w"}), Message("heartbeat", {"token": 1}),
+                Message("bye", {"token": 1}), Message("pull"), Message("stop", {"reason": "done"}),
+                Message("welcome", {"token": 1, "config": {"a": 1}, "vocab": "ab", "heartbeat_s": 1.0,
+                                    "liveness_s": 5}),
+                Message("ack", {"step": 1, "chunks": [0], "status": "accepted"}),
+                Message("reject", {"reason": "x", "reregister": True}),
+                Message("model", {"step": 1, "config": {}, "vocab": "ab", "names": ["w"], "shapes": [[10]]},
+                        {"params": np.ones(10, np.float32)})]
+    for message in messages:
+        decoded = decode(frames_of(message), DIMS)
+        assert decoded.cmd == message.cmd and decoded.fields == message.fields
+        for name, array in message.arrays.items():
+            np.testing.assert_array_equal(decoded.arrays[name], array)
+            assert decoded.arrays[name].dtype == array.dtype
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(fields={"loss": float("nan")}), "loss"),
+    (dict(arrays={"grad": np.array([np.inf] * 10, np.float32)}), "NaN or infinite"),
+    (dict(arrays={"grad": np.ones(11, np.float32)}), "P = 10"),
+    (dict(arrays={"grad": np.ones(10, np.float64)}), "this run uses <f4"),
+    (dict(arrays={"h": np.ones((2, 3, 3), np.float32)}), "b = 2"),
+    (dict(arrays={"c": np.ones((2, 2), np.float32)}), "3 dimensions"),
+    (dict(fields={"chunks": [2, 1]}), "chunks"),
+    (dict(fields={"chunks": []}), "chunks"),
+    (dict(fields={"token": -1}), "token"),
+    (dict(fields={"token": True}), "token"),
+    (dict(fields={"step": "3"}), "step"),
+])
+def test_malformed_push_is_rejected(bad, match):
+    message = push(**bad)
+    with pytest.raises(ProtocolError, match=match):
+        try:
+            frames = frames_of(message)          # encode validates too
+        except ProtocolError:
+            frames = encode_unchecked(message)
+        decode(frames, DIMS)
+
+
+def encode_unchecked(message):
+    specs = [[n, a.dtype.str, list(a.shape)] for n, a in message.arrays.items()]
+    header = {"cmd": message.cmd, "arrays": specs, **message.fields}
+    return header_frames(header, [a.tobytes() for a in message.arrays.values()])
+
+
+def test_structural_errors():
+    good = frames_of(push())
+    cases = {
+        "wrong protocol signature": [b"CLSTM/0", *good[1:]],
+        "at least 2 frames": [SIGNATURE],
+        "not valid msgpack": [SIGNATURE, b"\xc1\xff", *good[2:]],
+        "must be a map": [SIGNATURE, msgpack.packb([1, 2])],
+        "unknown command": header_frames({"cmd": "launch", "arrays": []}),
+        "unexpected fields": header_frames({"cmd": "pull", "arrays": [], "extra": 1}),
+        "missing fields": header_frames({"cmd": "register", "arrays": []}),
+        "does not match": good[:-1],
+        "frame has": good[:-1] + [good[-1][:-4]],
+        "exceeds": [SIGNATURE, b"\x80" * (64 * 1024 + 1)],
+        "malformed array description": header_frames(
+            {"cmd": "model", "step": 1, "config": {}, "vocab": "a", "names": [], "shapes": [],
+             "arrays": [["params", "<f4", [2 ** 40]]]}, [b""]),
+        "unexpected or repeated": header_frames(
+            {"cmd": "model", "step": 1, "config": {}, "vocab": "a", "names": [], "shapes": [],
+             "arrays": [["weights", "<f4", [1]]]}, [b"\0" * 4]),
+    }
+    for match, frames in cases.items():
+        with pytest.raises(ProtocolError, match=match):
+            decode(frames, DIMS)
+
+
+def test_oversized_message_is_refused_before_parsing():
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decode(frames_of(push()), DIMS, max_message_bytes=100)
+
+
+def test_seeded_fuzz_decode_only_raises_protocol_error():
+    rng = random.Random(1234)
+    good = frames_of(push())
+    for case in range(10_000):
+        frames = [bytearray(f) for f in good]
+        kind = case % 5
+        if kind == 0:
+            frames = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40)))
+                      for _ in range(rng.randint(0, 6))]
+        elif kind == 1:                      # flip bytes of the header
+            header = frames[1]
+            for _ in range(rng.randint(1, 5)):
+                header[rng.randrange(len(header))] = rng.getrandbits(8)
+        elif kind == 2:                      # truncate a frame
+            k = rng.randrange(len(frames))
+            frames[k] = frames[k][:rng.randrange(len(frames[k]) + 1)]
+        elif kind == 3:                      # drop or duplicate frames
+            k = rng.randrange(len(frames))
+            frames = frames[:k] + frames[k + 1:] if rng.random() < 0.5 else frames + [frames[k]]
+        else:                                # random header values
+            header = {"cmd": rng.choice(["push", "work", "pull", "x", 3]),
+                      "arrays": rng.choice([[], [["grad", "<f4", [rng.randint(-5, 2 ** 33)]]], "a"]),
+                      "token": rng.choice([1, -1, "t", None, 2 ** 64 - 1, 1.5])}
+            frames = [SIGNATURE, msgpack.packb(header), *frames[2:rng.randint(2, 5)]]
+        try:
+            decode([bytes(f) for f in frames], DIMS)
+        except ProtocolError:
+            pass

@@ -1,0 +1,28 @@
+"""The worker's math as a plain object: a `work` message in, a `push` message out. No sockets."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from model.params import ParamLayout
+from model.training import ChunkGradients
+from protocol import Message
+
+
+class WorkerCompute:
+    def __init__(self, config: dict, vocab: str):
+        self.layout = ParamLayout.for_model(len(vocab), config["layers"], config["hidden"])
+        self.dtype = np.dtype(config["dtype"])
+        self.gradients = ChunkGradients(self.layout, self.dtype)
+        self.dims = {"P": self.layout.total, "S": config["layers"], "W": config["hidden"],
+                     "T": config["seq_len"], "float": self.dtype.str}
+
+    def compute(self, work: Message) -> Message:
+        started = time.perf_counter()
+        arrays = work.arrays
+        loss, grad, h_last, c_last = self.gradients.compute(
+            arrays["params"], arrays["inputs"], arrays["targets"], arrays["h"], arrays["c"])
+        return Message("push", {"token": work["token"], "step": work["step"], "chunks": work["chunks"],
+                                "loss": loss, "compute_s": time.perf_counter() - started},
+                       {"grad": grad, "h": h_last, "c": c_last})

@@ -1,0 +1,141 @@
+"""The worker's socket loop (Paranoid Pirate): register, compute in a thread, push, heartbeat,
+reconnect with back-off when the coordinator goes silent. The math lives in compute.py."""
+from __future__ import annotations
+
+import os
+import signal
+import socket as pysocket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import zmq
+
+from protocol import Message
+from protocol.transport import RateLimitedLog, connect_dealer, log_line, peak_rss_mb, poll, receive, send
+from .compute import WorkerCompute
+
+
+class Worker:
+    def __init__(self, endpoint: str, *, name: str | None = None, liveness_s: float = 10.0,
+                 backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0,
+                 max_message_bytes: int = 512 * 1024 * 1024, curve_client=None, log=log_line):
+        self.endpoint = endpoint
+        self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
+        self.liveness_s = liveness_s
+        self.heartbeat_s = 1.0
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.max_message_bytes = max_message_bytes
+        self.curve_client = curve_client
+        self.log = log
+        self.reject_log = RateLimitedLog(log)
+        self.context = zmq.Context()
+        self.executor = ThreadPoolExecutor(max_workers=1)   # numpy releases the GIL: heartbeats go on
+        self.wake_read, self.wake_write = os.pipe()
+        self.compute: WorkerCompute | None = None
+        self.compute_key = None
+        self.stopping = None
+        self.steps_done = 0
+
+    def request_stop(self, signum, _frame) -> None:
+        self.stopping = signal.Signals(signum).name
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.request_stop)
+        backoff = self.backoff_initial_s
+        try:
+            while not self.stopping:
+                outcome = self._session()
+                if outcome == "stop":
+                    return 0
+                if outcome == "welcomed":
+                    backoff = self.backoff_initial_s
+                if self.stopping:
+                    break
+                self.log(f"worker {self.name}: no answer from {self.endpoint} for {self.liveness_s:g}s; "
+                         f"reconnecting in {backoff:g}s")
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.backoff_max_s)
+            self.log(f"worker {self.name}: {self.stopping}, exiting")
+            return 0
+        finally:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.context.destroy(linger=0)
+            os.close(self.wake_read)
+            os.close(self.wake_write)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _session(self) -> str:
+        """One connection's life. Returns "stop", "lost" (never welcomed) or "welcomed" (lost later)."""
+        socket = connect_dealer(self.context, self.endpoint, self.curve_client)
+        token, welcomed, pending = None, False, []
+        last_heard = last_sent = time.monotonic()
+
+        def transmit(message: Message) -> None:
+            nonlocal last_sent
+            send(socket, message)
+            last_sent = time.monotonic()
+
+        transmit(Message("register", {"name": self.name}))
+        try:
+            while not self.stopping:
+                ready = poll([socket, self.wake_read], self.heartbeat_s / 2)
+                now = time.monotonic()
+                if self.wake_read in ready:
+                    os.read(self.wake_read, 4096)
+                for future in [f for f in pending if f.done()]:
+                    pending.remove(future)
+                    try:
+                        push = future.result()
+                    except (ValueError, FloatingPointError) as error:
+                        self.reject_log(f"worker {self.name}: could not compute the work: {error}")
+                        continue
+                    if push["token"] == token:          # results for an old token are fenced off anyway
+                        transmit(push)
+                        self.steps_done += 1
+                while socket in ready and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    _, message = receive(socket, False, self.compute.dims if self.compute else None,
+                                         self.max_message_bytes, self.reject_log)
+                    if message is None:
+                        continue
+                    last_heard = now
+                    cmd = message.cmd
+                    if cmd == "welcome":
+                        token, welcomed = message["token"], True
+                        self.heartbeat_s, self.liveness_s = message["heartbeat_s"], message["liveness_s"]
+                        self._prepare(message["config"], message["vocab"])
+                        self.log(f"worker {self.name}: registered with {self.endpoint}")
+                    elif cmd == "work" and token is not None and message["token"] == token:
+                        pending.append(self._submit(message))
+                    elif cmd == "reject":
+                        self.reject_log(f"worker {self.name}: coordinator refused: {message['reason']}")
+                        if message["reregister"]:
+                            token = None
+                            transmit(Message("register", {"name": self.name}))
+                    elif cmd == "stop":
+                        self.log(f"worker {self.name}: told to stop ({message['reason']}) after "
+                                 f"{self.steps_done} pushes; peak RSS {peak_rss_mb():.0f} MB")
+                        return "stop"
+                if now - last_heard > self.liveness_s:
+                    return "welcomed" if welcomed else "lost"
+                if token is not None and now - last_sent >= self.heartbeat_s:
+                    transmit(Message("heartbeat", {"token": token}))
+            if token is not None:
+                transmit(Message("bye", {"token": token}))
+            return "stop"
+        finally:
+            socket.close(linger=200 if self.stopping else 0)
+
+    def _prepare(self, config: dict, vocab: str) -> None:
+        key = (config.get("layers"), config.get("hidden"), config.get("seq_len"), config.get("dtype"), vocab)
+        if key != self.compute_key:
+            self.compute, self.compute_key = WorkerCompute(config, vocab), key
+
+    def _submit(self, work: Message) -> Future:
+        future = self.executor.submit(self.compute.compute, work)
+        future.add_done_callback(lambda _f: os.write(self.wake_write, b"."))
+        return future
