@@ -25,6 +25,7 @@ class TrainState:
     chunk_c: np.ndarray         # (L, C, H)
     step: int = 0
     extra_meta: dict = field(default_factory=dict)
+    _scratch: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def layout(self) -> ParamLayout:
@@ -46,12 +47,16 @@ class TrainState:
         return self.layout.views(self.params)
 
     def apply_gradient(self, grad_sum: np.ndarray, chunk_h: np.ndarray, chunk_c: np.ndarray) -> float:
-        """One optimizer step from the gradient of the summed loss over every chunk's window,
-        and the chunks' new carried states. Returns the gradient's global norm before clipping."""
-        grad = grad_sum / grad_sum.dtype.type(self.predictions_per_step)
+        """One optimizer step from the gradient of the summed loss over every chunk's window
+        (consumed: it is scaled in place), and the chunks' new carried states. Returns the
+        gradient's global norm before clipping."""
+        grad = grad_sum
+        np.divide(grad, grad.dtype.type(self.predictions_per_step), out=grad)
         norm = clip_by_global_norm(grad, self.config.clip)
-        self.params = rmsprop(self.params, self.params_rms, grad,
-                              self.config.lr, self.config.rho, self.config.eps)
+        if self._scratch is None or self._scratch.shape != self.params.shape:
+            self._scratch = np.empty_like(self.params)
+        self.params = rmsprop(self.params, self.params_rms, grad, self.config.lr, self.config.rho,
+                              self.config.eps, self._scratch)
         self.step += 1
         if self.step_in_epoch == 0:     # a new epoch starts every chunk from a zero state
             self.chunk_h = np.zeros_like(self.chunk_h)

@@ -24,3 +24,13 @@ def load_from_args(args) -> Model:
         return Model(*pull_model(args.coordinator))
     path = args.checkpoint or (SHIPPED if os.path.exists(SHIPPED) else LATEST)
     return Model(*load_model(path))
+
+
+def read_text_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ValueError(f"text file {path} not found") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"text file {path} is not UTF-8 ({error})") from None

@@ -4,10 +4,10 @@ import json
 import sys
 
 import _paths  # noqa: F401
-from _load import add_model_arguments, load_from_args
+from _load import add_model_arguments, load_from_args, read_text_file
 
 from model.checkpoint import CheckpointError
-from model.corpus import read_corpus, split_point
+from model.corpus import split_point
 from model.inference import evaluate
 
 
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         model = load_from_args(args)
-        text = read_corpus(args.text)
+        text = read_text_file(args.text)
         if args.tail_fraction is not None:
             text = text[split_point(len(text), args.tail_fraction):]
         result = evaluate(model, text)

@@ -1,0 +1,110 @@
+"""Pictures of single neurons: each character's background coloured by one neuron's activation
+(white = -1 through red = +1), as a self-contained HTML page; --find ranks every neuron against
+named character-level features and writes an index page."""
+import argparse
+import os
+import sys
+
+import _paths  # noqa: F401
+import numpy as np
+from _load import add_model_arguments, load_from_args, read_text_file
+from _neuron_page import index_page, neuron_section, page, write_png
+
+from model.checkpoint import CheckpointError
+from model.corpus import read_corpus, split_point
+from model.inference import QUANTITIES, activations, sample
+from model.neurons import rank_neurons
+
+DEFAULT_CORPUS = os.path.join(_paths.ROOT, "saves", "tinyshakespeare.txt")
+
+
+def default_text(model, length: int) -> str:
+    """2,000 characters from the start of the held-out tail of the corpus, else the model's own text."""
+    if os.path.exists(DEFAULT_CORPUS):
+        text = read_corpus(DEFAULT_CORPUS)
+        return text[split_point(len(text), 0.1):][:length]
+    return "\n" + "".join(sample(model, length - 1, "\n", 0.8, seed=0))
+
+
+def shown_values(acts: dict, quantity: str, layer: int, neuron: int) -> np.ndarray:
+    values = acts[quantity][layer, :, neuron]
+    return np.tanh(values) if quantity == "c" else values    # c through tanh so it stays in -1..1
+
+
+def find(model, text: str, acts: dict, out_dir: str, top: int, quantity: str) -> str:
+    ranking = rank_neurons(acts[quantity], text, top)
+    os.makedirs(out_dir, exist_ok=True)
+    links = {}
+    for entries in ranking.values():
+        for layer, neuron, _ in entries:
+            name = f"layer{layer}_neuron{neuron}.html"
+            if (layer, neuron) not in links:
+                links[(layer, neuron)] = name
+                section = neuron_section(f"layer {layer}, neuron {neuron}, {quantity}", text,
+                                         shown_values(acts, quantity, layer, neuron), acts["probs"], model.vocab)
+                with open(os.path.join(out_dir, name), "w", encoding="utf-8") as handle:
+                    handle.write(page(f"layer {layer} neuron {neuron}", section))
+    index = os.path.join(out_dir, "index.html")
+    with open(index, "w", encoding="utf-8") as handle:
+        handle.write(index_page(f"Neurons that track character-level features ({quantity})", ranking, links))
+    print(f"{'feature':24s} {'rank':>4s}  {'layer':>5s} {'neuron':>6s}  score")
+    for feature, entries in ranking.items():
+        for rank, (layer, neuron, score) in enumerate(entries, 1):
+            print(f"{feature if rank == 1 else '':24s} {rank:4d}  {layer:5d} {neuron:6d}  {score:.3f}")
+    return index
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--text", help="UTF-8 file to run through the model (default: 2,000 chars of the "
+                        "held-out tail of saves/tinyshakespeare.txt, else text the model samples)")
+    parser.add_argument("--length", type=int, default=2000, help="characters of the default text (default: %(default)s)")
+    parser.add_argument("--layer", type=int, default=0, help="layer of the neuron(s) (default: %(default)s)")
+    parser.add_argument("--neuron", type=int, nargs="+", default=[0], help="one or several neuron indices")
+    parser.add_argument("--quantity", default="h", help=f"one of {', '.join(QUANTITIES)} (default: h; "
+                        "c is shown through tanh)")
+    parser.add_argument("--out", help="output page (default: saves/neurons.html), or folder with --find "
+                        "(default: saves/neurons/)")
+    parser.add_argument("--png", action="store_true", help="also write a PNG of each picture (needs Pillow)")
+    parser.add_argument("--find", action="store_true", help="rank every neuron against named features")
+    parser.add_argument("--top", type=int, default=5, help="neurons listed per feature with --find (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        if args.quantity not in QUANTITIES:
+            raise ValueError(f"unknown --quantity {args.quantity!r}; choose one of {', '.join(QUANTITIES)}")
+        model = load_from_args(args)
+        if not 0 <= args.layer < model.layers:
+            raise ValueError(f"--layer {args.layer} is out of range: the model has layers 0..{model.layers - 1}")
+        bad = [n for n in args.neuron if not 0 <= n < model.hidden]
+        if bad:
+            raise ValueError(f"--neuron {bad[0]} is out of range: layers have neurons 0..{model.hidden - 1}")
+        text = read_text_file(args.text) if args.text else default_text(model, args.length)
+        acts = activations(model, text)
+        if args.find:
+            out_dir = args.out or os.path.join(_paths.ROOT, "saves", "neurons")
+            print(f"wrote {find(model, text, acts, out_dir, args.top, args.quantity)}")
+            return 0
+        out = args.out or os.path.join(_paths.ROOT, "saves", "neurons.html")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        sections = []
+        for neuron in args.neuron:
+            values = shown_values(acts, args.quantity, args.layer, neuron)
+            sections.append(neuron_section(f"layer {args.layer}, neuron {neuron}, {args.quantity}", text,
+                                           values, acts["probs"], model.vocab))
+            if args.png:
+                png = os.path.splitext(out)[0] + f"_l{args.layer}n{neuron}.png"
+                write_png(png, text, values)
+                print(f"wrote {png}")
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(page(f"layer {args.layer}: {args.quantity} of neuron(s) "
+                              f"{', '.join(map(str, args.neuron))}", "".join(sections)))
+        print(f"wrote {out}")
+    except (ValueError, CheckpointError, OSError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""scripts/visualize.py: the page matches the activations; --find finds a planted neuron; errors."""
+import re
+
+import numpy as np
+import pytest
+
+from model.checkpoint import model_bytes
+from model.inference import Model, activations
+from model.params import ParamLayout
+from tests import processes as procs
+
+TEXT = ("ANNA:\nThe lord shall love the crown.\n\nBORIS:\nMy sword, my night!\n"
+        "Thou and the cat (and the mat) shall sing.\n\nCLEO:\nLove.\n") * 3
+HIDDEN = 4
+
+
+def newline_counter_model(vocab: str) -> tuple[dict, np.ndarray]:
+    """Layer 0, unit 2 counts characters since the last newline: input and output gates open,
+    forget gate shut only on '\\n', g a small constant, so c (and h = tanh c) grows along a line."""
+    layout = ParamLayout.for_model(len(vocab), 1, HIDDEN)
+    flat = np.random.default_rng(0).normal(0, 0.3, layout.total)
+    views = layout.views(flat)
+    unit, H = 2, HIDDEN
+    W_x, W_h, b = views["lstm0.W_x"], views["lstm0.W_h"], views["lstm0.b"]
+    W_h[:, unit::H] = 0
+    W_x[:, unit] = 0.0; b[unit] = 20.0                       # i open
+    W_x[:, H + unit] = 0.0; b[H + unit] = 20.0               # f open ...
+    W_x[vocab.index("\n"), H + unit] = -40.0                 # ... but shut on a newline
+    W_x[:, 2 * H + unit] = 0.0; b[2 * H + unit] = 0.02       # g = tanh(0.02)
+    W_x[:, 3 * H + unit] = 0.0; b[3 * H + unit] = 20.0       # o open
+    meta = {"format": "charlstm/1", "vocab": vocab, "layers": 1, "hidden": H, "dtype": "float64"}
+    return meta, flat
+
+
+@pytest.fixture
+def planted(tmp_path):
+    vocab = "".join(sorted(set(TEXT)))
+    meta, flat = newline_counter_model(vocab)
+    path = tmp_path / "planted.npz"
+    path.write_bytes(model_bytes(meta, flat, "float64"))
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    return str(path), str(text), Model(meta, flat)
+
+
+def test_page_has_one_cell_per_character_with_matching_values(planted, tmp_path):
+    path, text, model = planted
+    out = tmp_path / "page.html"
+    procs.run_script("visualize.py", "--checkpoint", path, "--text", text, "--layer", 0, "--neuron", 1,
+                     "--out", out)
+    page = out.read_text(encoding="utf-8")
+    cells = re.findall(r'<span class="c[^"]*" style="background:rgb\((\d+),(\d+),(\d+)\)" data-v="([-\d.]+)"',
+                       page)
+    assert len(cells) == len(TEXT)
+    expected = activations(model, TEXT)["h"][0, :, 1]
+    values = np.array([float(c[3]) for c in cells])
+    np.testing.assert_allclose(values, expected, atol=6e-5)
+    for (r, g, b, _), value in zip(cells, expected):
+        other = round(255 * (1 - (value + 1) / 2))          # white at -1, red at +1
+        assert (int(r), int(g), int(b)) == (255, other, other)
+    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//|@import|url\(", page)
+
+
+def test_colour_scale_ends():
+    import sys
+    sys.path.insert(0, procs.ROOT + "/scripts")
+    from _neuron_page import colour
+    assert colour(-1) == (255, 255, 255) and colour(1) == (255, 0, 0) and colour(5) == (255, 0, 0)
+
+
+def test_find_ranks_the_planted_neuron_first(planted, tmp_path):
+    path, text, _ = planted
+    result = procs.run_script("visualize.py", "--checkpoint", path, "--text", text, "--find",
+                              "--out", tmp_path / "found", "--top", 3)
+    line = next(l for l in result.stdout.splitlines() if l.startswith("position_since_newline"))
+    rank, layer, neuron, score = line.split()[1:5]
+    assert (rank, layer, neuron) == ("1", "0", "2") and float(score) > 0.95
+    index = (tmp_path / "found" / "index.html").read_text()
+    assert 'href="layer0_neuron2.html"' in index and (tmp_path / "found" / "layer0_neuron2.html").exists()
+
+
+def test_png_of_the_picture(planted, tmp_path):
+    path, text, _ = planted
+    procs.run_script("visualize.py", "--checkpoint", path, "--text", text, "--neuron", 2, "--png",
+                     "--out", tmp_path / "p.html")
+    assert (tmp_path / "p_l0n2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "3"], "--layer 3 is out of range"),
+    (["--neuron", "0", "9"], "--neuron 9 is out of range"),
+    (["--quantity", "z"], "unknown --quantity 'z'"),
+    (["--checkpoint", "/none.npz"], "does not exist"),
+])
+def test_errors(planted, tmp_path, args, message):
+    path, text, _ = planted
+    if "--checkpoint" not in args:
+        args = ["--checkpoint", path, *args]
+    result = procs.run_script("visualize.py", *args, "--text", text, "--out", tmp_path / "x.html", check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_text_outside_the_vocabulary_is_named(planted, tmp_path):
+    path, _, _ = planted
+    odd = tmp_path / "odd.txt"
+    odd.write_text("ANNA: ¿qué?", encoding="utf-8")
+    result = procs.run_script("visualize.py", "--checkpoint", path, "--text", odd, check=False)
+    assert result.returncode == 2 and "'¿'" in result.stderr and "'é'" in result.stderr
