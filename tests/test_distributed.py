@@ -120,3 +120,25 @@ def test_pull_live_weights_while_training(corpus, tmp_path):
     assert "SIGTERM: writing checkpoint" in open(os.path.join(save_dir, "coordinator.log")).read()
     from model.checkpoint import load_state
     assert load_state(os.path.join(save_dir, "checkpoint.npz")).step >= before + 2
+
+
+def test_coordinator_killed_and_restarted_resumes_bit_identically(corpus, tmp_path):
+    straight = str(tmp_path / "straight")
+    procs.train(corpus, straight, "--steps", 10, "--workers", 2, "--hidden", "48")
+    save_dir = str(tmp_path / "restarted")
+    coordinator, endpoint, pool = start_cluster(corpus, save_dir, 10, 2, "--hidden", "48")
+    try:
+        procs.wait_for(lambda: procs.last_step(save_dir) >= 4, 60, "step 4")
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait(10)
+        coordinator = procs.spawn("coordinator", "--bind", endpoint, "--corpus", corpus, "--save-dir", save_dir,
+                                  "--steps", 10, "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", 2,
+                                  *procs.SMALL, "--hidden", "48",
+                                  log_path=os.path.join(save_dir, "coordinator2.log"))
+        assert coordinator.wait(120) == 0
+        for worker in pool:
+            assert worker.wait(20) == 0
+    finally:
+        procs.stop_all(coordinator, *pool)
+    assert "resuming from" in open(os.path.join(save_dir, "coordinator2.log")).read()
+    np.testing.assert_array_equal(procs.params_of(save_dir), procs.params_of(straight))
