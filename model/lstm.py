@@ -140,10 +140,10 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray):
     rows = np.arange(T * B)
     target_flat = targets.T.reshape(-1)
     probs = flat - flat.max(axis=1, keepdims=True)
-    np.exp(probs, out=probs)
+    target_logit = probs[rows, target_flat].astype(np.float64)   # log-softmax from the shifted logit:
+    np.exp(probs, out=probs)                                     # no log(0) when exp underflows
     totals = probs.sum(axis=1, keepdims=True)
-    log_likelihood = np.log(probs[rows, target_flat].astype(np.float64)) - np.log(
-        totals[:, 0].astype(np.float64))
+    log_likelihood = target_logit - np.log(totals[:, 0].astype(np.float64))
     probs /= totals
     probs[rows, target_flat] -= 1
     return -float(log_likelihood.sum()), probs.reshape(T, B, V)

@@ -107,3 +107,9 @@ def test_bad_shapes_fail_loudly():
         lstm.forward(layout.views(flat), inputs, h0[:, :1], c0)
     with pytest.raises(ValueError, match="input indices"):
         lstm.forward(layout.views(flat), inputs + 100, h0, c0)
+
+
+def test_cross_entropy_stays_finite_when_softmax_underflows():
+    logits = np.array([[[1000.0, -1000.0]]], dtype=np.float32)   # (T=1, B=1, V=2)
+    loss, dlogits = lstm.cross_entropy(logits, np.array([[1]]))
+    assert loss == pytest.approx(2000.0) and np.isfinite(dlogits).all()
