@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from model.checkpoint import CheckpointError
@@ -125,6 +126,7 @@ class LocalCluster:
                 for k in range(self.args.workers):
                     self.workers.append(self._spawn(["-m", "worker", "--connect", endpoint,
                                                      "--name", f"local-{k}"]))
+                threading.Thread(target=self._watch_workers, daemon=True).start()
                 for raw in self.coordinator.stdout:
                     line = raw.rstrip("\n")
                     match = STEP_LINE.match(line)
@@ -137,6 +139,17 @@ class LocalCluster:
                 return self._finish()
             finally:
                 self._cleanup()
+
+    def _watch_workers(self) -> None:
+        """If every worker process has died, nobody will finish the step: stop rather than hang."""
+        while self.coordinator.poll() is None:
+            if all(w.poll() not in (None, 0) for w in self.workers) and not self.stop_requested:
+                self.progress.message("error: every worker process exited (their messages are above); "
+                                      "stopping the coordinator, which writes a checkpoint")
+                self.stop_requested = "workers died"
+                self.coordinator.send_signal(signal.SIGTERM)
+                return
+            time.sleep(0.5)
 
     def _wait_for_endpoint(self, path: str, timeout_s: float = 120.0) -> str | None:
         deadline = time.monotonic() + timeout_s
