@@ -1,7 +1,6 @@
 """Real processes on loopback: equivalence, determinism, resume, a killed worker, live pulls."""
 import os
 import signal
-import sys
 
 import numpy as np
 import pytest
