@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     try:
         config = config_from_args(args)
         run = TrainingRun(config, args.corpus, args.save_dir, steps=args.steps, epochs=args.epochs,
-                          fresh=args.fresh, checkpoint_every=args.checkpoint_every, log=log_line)
+                          fresh=args.fresh, checkpoint_every=args.checkpoint_every,
+                          eval_every=args.eval_every, log=log_line)
         coordinator = Coordinator(run, args.bind, heartbeat_s=args.heartbeat, liveness_s=args.liveness,
                                   max_message_bytes=int(args.max_message_mb * 1024 * 1024),
                                   min_workers=args.min_workers)

@@ -63,7 +63,7 @@ def train_in_process(args) -> int:
     try:
         run = TrainingRun(config_from_args(args), args.corpus, args.save_dir, steps=args.steps,
                           epochs=args.epochs, fresh=args.fresh, checkpoint_every=args.checkpoint_every,
-                          log=progress.message)
+                          eval_every=args.eval_every, log=progress.message)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -79,6 +79,7 @@ def train_in_process(args) -> int:
                       loss, line["chars_per_s"])
     if stop:
         run.checkpoint()
+    run.finish(completed=not stop)
     progress.close()
     print(f"stopped at step {run.state.step}; checkpoint {run.checkpoint_path}", file=sys.stderr)
     return 0

@@ -156,6 +156,7 @@ class Coordinator:
             if self.stopping:
                 self.log(f"{self.stopping}: writing checkpoint at step {self.run.state.step} and stopping")
                 self.run.checkpoint()
+            self.run.finish(completed=not self.stopping)
             reason = "training finished" if self.run.done else f"coordinator stopped ({self.stopping})"
             for worker in list(self.server.workers.values()):
                 self._send(worker.token, Message("stop", {"reason": reason}))

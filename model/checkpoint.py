@@ -171,14 +171,20 @@ def load_latest_state(save_dir: str, log=print) -> TrainState | None:
     return None
 
 
-def model_bytes(meta: dict, params: np.ndarray, dtype: str) -> bytes:
-    """A model-only .npz in memory (parameters and meta, no optimizer state)."""
+def model_arrays(meta: dict, params: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
+    """A model-only file's arrays (parameters and meta, no optimizer state) in float16/32/64."""
     layout = ParamLayout.for_model(len(meta["vocab"]), meta["layers"], meta["hidden"])
     export_meta = {k: v for k, v in meta.items() if k != "format"}
-    export_meta.update(format=MODEL_FORMAT, dtype="float32" if dtype == "float16" else meta["dtype"])
+    export_meta.update(format=MODEL_FORMAT, dtype="float64" if dtype == "float64" else "float32",
+                       stored_dtype=dtype)
     arrays = {"meta": _meta_array(export_meta)}
     for name, view in layout.views(params).items():
         arrays[f"param/{name}"] = view.astype(dtype)
+    return arrays
+
+
+def model_bytes(meta: dict, params: np.ndarray, dtype: str) -> bytes:
+    """A compressed model-only .npz in memory."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **model_arrays(meta, params, dtype))
     return buffer.getvalue()

@@ -39,6 +39,15 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eps", type=float, default=defaults.eps, help="RMSprop epsilon (default: %(default)s)")
     group.add_argument("--clip", type=float, default=defaults.clip,
                        help="clip the mean gradient's global L2 norm to this; 0 disables (default: %(default)s)")
+    group.add_argument("--dropout", type=float, default=defaults.dropout,
+                       help="inverted dropout on each layer's output during training (default: %(default)s)")
+    group.add_argument("--lr-decay", type=float, default=defaults.lr_decay,
+                       help="multiply the learning rate by this once per epoch ... (default: %(default)s)")
+    group.add_argument("--lr-decay-after", type=int, default=defaults.lr_decay_after,
+                       help="... for each epoch completed beyond this many (default: %(default)s)")
+    group.add_argument("--eval-every", type=int, default=None,
+                       help="validation loss over the held-out text every N steps, in a background "
+                            "process (default: once per epoch when --val-fraction > 0; 0 = never)")
     group.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype,
                        help="float32 for speed, float64 for checks (default: %(default)s)")
 
@@ -46,7 +55,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     return Config(layers=args.layers, hidden=args.hidden, seq_len=args.seq_len, chunks=args.chunks,
                   chunk_len=args.chunk_len, val_fraction=args.val_fraction, lr=args.lr,
-                  rho=args.rho, eps=args.eps, clip=args.clip, dtype=args.dtype, seed=args.seed)
+                  rho=args.rho, eps=args.eps, clip=args.clip, dtype=args.dtype, seed=args.seed,
+                  dropout=args.dropout, lr_decay=args.lr_decay, lr_decay_after=args.lr_decay_after)
 
 
 def training_argv(args: argparse.Namespace) -> list[str]:
@@ -59,7 +69,9 @@ def training_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--epochs", str(args.epochs)]
     if args.fresh:
         argv.append("--fresh")
+    if args.eval_every is not None:
+        argv += ["--eval-every", str(args.eval_every)]
     for flag in ("seed", "layers", "hidden", "chunks", "chunk_len", "seq_len", "val_fraction",
-                 "lr", "rho", "eps", "clip", "dtype"):
+                 "lr", "rho", "eps", "clip", "dtype", "dropout", "lr_decay", "lr_decay_after"):
         argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return argv

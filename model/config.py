@@ -25,6 +25,9 @@ class Config:
     clip: float = 5.0           # global L2 norm of the mean gradient; 0 disables
     dtype: str = "float32"
     seed: int = 1337
+    dropout: float = 0.0        # inverted dropout on each layer's output h (training only)
+    lr_decay: float = 1.0       # lr is multiplied by this once per epoch ...
+    lr_decay_after: int = 0     # ... for every epoch completed beyond this many
 
     def __post_init__(self) -> None:
         problems = []
@@ -38,6 +41,8 @@ class Config:
             problems.append(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
         if self.lr <= 0 or not 0.0 <= self.rho < 1.0 or self.eps <= 0 or self.clip < 0:
             problems.append("need lr > 0, 0 <= rho < 1, eps > 0 and clip >= 0")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.lr_decay <= 1.0 or self.lr_decay_after < 0:
+            problems.append("need 0 <= dropout < 1, 0 < lr_decay <= 1 and lr_decay_after >= 0")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {DTYPES} (got {self.dtype!r})")
         if problems:
@@ -56,6 +61,10 @@ class Config:
 
     def describe(self) -> str:
         return "config " + json.dumps(self.to_dict(), sort_keys=False)
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of an epoch: a pure function of the config, so resume stays exact."""
+        return self.lr * self.lr_decay ** max(0, epoch - self.lr_decay_after)
 
     def architecture_mismatch(self, other: "Config") -> list[str]:
         """Human-readable differences in the fields a resumed run may not change."""

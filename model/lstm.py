@@ -105,8 +105,16 @@ def _layer_backward(cache: LayerCache, W_h: np.ndarray, dH: np.ndarray,
     return dZ, dh_recurrent, dc
 
 
-def forward(params: dict, inputs: np.ndarray, h0: np.ndarray, c0: np.ndarray):
-    """inputs (B, T) int; h0, c0 (L, B, H). Returns logits (T, B, V) and the layer caches."""
+def _layer_output(cache: LayerCache, masks, layer: int) -> np.ndarray:
+    """h_1..h_T of a layer as the next layer (or the head) sees them: (T, B, H), dropped out
+    with the layer's mask (already scaled by 1/(1-p)) when training with dropout."""
+    hiddens = cache.hiddens[1:]
+    return hiddens if masks is None else hiddens * masks[layer]
+
+
+def forward(params: dict, inputs: np.ndarray, h0: np.ndarray, c0: np.ndarray, masks=None):
+    """inputs (B, T) int; h0, c0 (L, B, H); masks None or (L, T, B, H) dropout multipliers.
+    Returns logits (T, B, V) and the layer caches."""
     _check_inputs(params, inputs, h0, c0)
     layers = h0.shape[0]
     B, T = inputs.shape
@@ -117,12 +125,12 @@ def forward(params: dict, inputs: np.ndarray, h0: np.ndarray, c0: np.ndarray):
         if layer == 0:
             Z = W_x[inputs.T]                                        # (T, B, 4H) one-hot @ W_x
         else:
-            Z = (below.hiddens[1:].reshape(T * B, -1) @ W_x).reshape(T, B, -1)
+            Z = (_layer_output(below, masks, layer - 1).reshape(T * B, -1) @ W_x).reshape(T, B, -1)
         Z += b
         below = _layer_forward(Z, W_h, h0[layer], c0[layer])
         caches.append(below)
     H = h0.shape[2]
-    logits = below.hiddens[1:].reshape(T * B, H) @ params["head.W"]  # (T*B, V)
+    logits = _layer_output(below, masks, layers - 1).reshape(T * B, H) @ params["head.W"]  # (T*B, V)
     logits += params["head.b"]
     return logits.reshape(T, B, -1), caches
 
@@ -150,20 +158,23 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray):
 
 
 def loss_and_grad(params: dict, grads: dict, inputs: np.ndarray, targets: np.ndarray,
-                  h0: np.ndarray, c0: np.ndarray):
+                  h0: np.ndarray, c0: np.ndarray, masks=None):
     """Summed loss over all B*T predictions and its gradient, written into `grads` (views
-    shaped like params). Returns (loss_sum, h_T, c_T, dh_0, dc_0)."""
+    shaped like params). masks: None or (L, T, B, H) dropout multipliers on each layer's
+    output. Returns (loss_sum, h_T, c_T, dh_0, dc_0)."""
     if targets.shape != inputs.shape:
         raise ValueError(f"targets {targets.shape} and inputs {inputs.shape} differ in shape")
-    logits, caches = forward(params, inputs, h0, c0)
+    logits, caches = forward(params, inputs, h0, c0, masks)
     loss_sum, dlogits = cross_entropy(logits, targets)
     T, B, V = dlogits.shape
     layers, _, H = h0.shape
-    top = caches[-1].hiddens[1:].reshape(T * B, H)
+    top = _layer_output(caches[-1], masks, layers - 1).reshape(T * B, H)
     dlogits = dlogits.reshape(T * B, V)
     np.matmul(top.T, dlogits, out=grads["head.W"])
     np.sum(dlogits, axis=0, out=grads["head.b"])
     dH = (dlogits @ params["head.W"].T).reshape(T, B, H)
+    if masks is not None:
+        dH *= masks[layers - 1]
     dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
     for layer in range(layers - 1, -1, -1):
         cache = caches[layer]
@@ -176,9 +187,11 @@ def loss_and_grad(params: dict, grads: dict, inputs: np.ndarray, targets: np.nda
         if layer == 0:
             _scatter_rows(grads["lstm0.W_x"], inputs.T.reshape(-1), dZ_flat)
         else:
-            below = caches[layer - 1].hiddens[1:].reshape(T * B, H)
+            below = _layer_output(caches[layer - 1], masks, layer - 1).reshape(T * B, H)
             np.matmul(below.T, dZ_flat, out=grads[f"lstm{layer}.W_x"])
             dH = (dZ_flat @ W_x.T).reshape(T, B, H)
+            if masks is not None:
+                dH *= masks[layer - 1]
     h_last, c_last = final_state(caches)
     return loss_sum, h_last, c_last, dh0, dc0
 

@@ -12,11 +12,12 @@ from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
 from .config import Config
 from .corpus import make_corpus, read_corpus
 from .training import TrainState, new_state
+from .validation import Validator
 
 
 class TrainingRun:
     def __init__(self, config: Config, corpus_path: str, save_dir: str, *, steps=None,
-                 epochs=None, fresh=False, checkpoint_every=50, log=print):
+                 epochs=None, fresh=False, checkpoint_every=50, eval_every=None, log=print):
         self.log = log
         self.save_dir = save_dir
         self.checkpoint_every = checkpoint_every
@@ -33,6 +34,12 @@ class TrainingRun:
         if steps is None:
             steps = round((50 if epochs is None else epochs) * self.corpus.steps_per_epoch)
         self.target_steps = steps
+        if eval_every is None:
+            eval_every = self.corpus.steps_per_epoch if self.corpus.val_text.size > 1 else 0
+        if eval_every and self.corpus.val_text.size < 2:
+            raise ValueError("--eval-every needs held-out text: set --val-fraction > 0")
+        self.eval_every = eval_every
+        self.validator = Validator(save_dir, corpus_path, config.val_fraction, log)
         self.started = time.monotonic()
         self.elapsed_before = float(state.extra_meta.get("elapsed_s", 0.0))
         log(config.describe())
@@ -70,12 +77,34 @@ class TrainingRun:
                 "loss": loss, "grad_norm": grad_norm,
                 "chars_per_s": chars / step_seconds if step_seconds > 0 else None,
                 "elapsed_s": round(self.elapsed(), 3), **extra}
+        self._append_metrics(line)
+        if self.done or self.state.step % self.checkpoint_every == 0:
+            self.checkpoint()
+        self._collect_validation()
+        if self.eval_every and (self.done or self.state.step % self.eval_every == 0):
+            self.validator.start(self.state)
+        return line
+
+    def _append_metrics(self, line: dict) -> None:
         os.makedirs(self.save_dir, exist_ok=True)
         with open(os.path.join(self.save_dir, "metrics.jsonl"), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
-        if self.done or self.state.step % self.checkpoint_every == 0:
+
+    def _collect_validation(self, wait: bool = False) -> None:
+        result = self.validator.poll(self.state, wait)
+        if result:
+            self._append_metrics({**result, "elapsed_s": round(self.elapsed(), 3)})
+
+    def finish(self, completed: bool) -> None:
+        """At the end of a run: wait for the last validation (and checkpoint again to keep its
+        best-so-far in the meta) when training completed; abandon it when stopped early."""
+        if completed and self.eval_every:
+            self._collect_validation(wait=True)
+            if self.validator.step != self.state.step:
+                self.validator.start(self.state)
+                self._collect_validation(wait=True)
             self.checkpoint()
-        return line
+        self.validator.close()
 
     def checkpoint(self) -> None:
         self.state.extra_meta["elapsed_s"] = round(self.elapsed(), 3)

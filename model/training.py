@@ -55,8 +55,8 @@ class TrainState:
         norm = clip_by_global_norm(grad, self.config.clip)
         if self._scratch is None or self._scratch.shape != self.params.shape:
             self._scratch = np.empty_like(self.params)
-        self.params = rmsprop(self.params, self.params_rms, grad, self.config.lr, self.config.rho,
-                              self.config.eps, self._scratch)
+        self.params = rmsprop(self.params, self.params_rms, grad, self.config.lr_at(self.epoch),
+                              self.config.rho, self.config.eps, self._scratch)
         self.step += 1
         if self.step_in_epoch == 0:     # a new epoch starts every chunk from a zero state
             self.chunk_h = np.zeros_like(self.chunk_h)
@@ -77,6 +77,22 @@ def new_state(config: Config, corpus: Corpus) -> TrainState:
                       chunk_c=np.zeros(state_shape, dtype))
 
 
+def dropout_masks(config: Config, step: int, chunk_ids, dtype) -> np.ndarray | None:
+    """(L, T, B, H) inverted-dropout multipliers (0 or 1/(1-p)), or None without dropout.
+
+    Each chunk's mask is drawn from its own generator seeded by (seed, step, chunk), so the
+    masks, and the trained model, do not depend on how chunks are spread over workers."""
+    if config.dropout == 0.0:
+        return None
+    keep = 1.0 - config.dropout
+    masks = np.empty((config.layers, config.seq_len, len(chunk_ids), config.hidden), dtype=dtype)
+    for column, chunk in enumerate(chunk_ids):
+        draws = np.random.default_rng([config.seed, step, int(chunk)]).random(
+            (config.layers, config.seq_len, config.hidden))
+        masks[:, :, column, :] = (draws < keep) / keep
+    return masks
+
+
 class ChunkGradients:
     """Loss, gradient and new carried state for a batch of chunks' windows: the worker's math.
 
@@ -87,18 +103,20 @@ class ChunkGradients:
         self.layout = layout
         self.dtype = np.dtype(dtype)
 
-    def compute(self, params: np.ndarray, inputs, targets, h0, c0):
-        """Returns (loss_sum, grad_sum (P,), h_T, c_T) for inputs/targets (B, T), states (L, B, H)."""
+    def compute(self, params: np.ndarray, inputs, targets, h0, c0, masks=None):
+        """Returns (loss_sum, grad_sum (P,), h_T, c_T) for inputs/targets (B, T), states (L, B, H),
+        optional dropout masks (L, T, B, H)."""
         grad = np.empty(self.layout.total, dtype=self.dtype)
         loss_sum, h_last, c_last, _, _ = lstm.loss_and_grad(
-            self.layout.views(params), self.layout.views(grad), inputs, targets, h0, c0)
+            self.layout.views(params), self.layout.views(grad), inputs, targets, h0, c0, masks)
         return loss_sum, grad, h_last, c_last
 
 
 def local_step(state: TrainState, corpus: Corpus, gradients: ChunkGradients) -> tuple[float, float]:
     """The single-process step: all chunks in one batch. Returns (mean loss, gradient norm)."""
     inputs, targets = corpus.window(state.step_in_epoch)
+    masks = dropout_masks(state.config, state.step, range(state.config.chunks), state.params.dtype)
     loss_sum, grad, h_last, c_last = gradients.compute(
-        state.params, inputs, targets, state.chunk_h, state.chunk_c)
+        state.params, inputs, targets, state.chunk_h, state.chunk_c, masks)
     norm = state.apply_gradient(grad, h_last, c_last)
     return loss_sum / state.predictions_per_step, norm

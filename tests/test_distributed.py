@@ -22,11 +22,12 @@ def relative(a, b):
     return np.abs(a - b).max() / np.abs(b).max()
 
 
-def test_one_and_three_workers_and_one_process_agree(corpus, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--dropout", "0.3", "--lr-decay", "0.5")])
+def test_one_and_three_workers_and_one_process_agree(corpus, tmp_path, extra):
     results = {}
     for workers in (0, 1, 3):
         save_dir = str(tmp_path / f"w{workers}")
-        procs.train(corpus, save_dir, "--steps", 4, "--workers", workers)
+        procs.train(corpus, save_dir, "--steps", 4, "--workers", workers, *extra)
         results[workers] = procs.params_of(save_dir)
     assert relative(results[1], results[0]) < 1e-10
     assert relative(results[3], results[0]) < 1e-10

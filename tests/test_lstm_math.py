@@ -113,3 +113,16 @@ def test_cross_entropy_stays_finite_when_softmax_underflows():
     logits = np.array([[[1000.0, -1000.0]]], dtype=np.float32)   # (T=1, B=1, V=2)
     loss, dlogits = lstm.cross_entropy(logits, np.array([[1]]))
     assert loss == pytest.approx(2000.0) and np.isfinite(dlogits).all()
+
+
+def test_gradient_check_with_dropout_masks_float64():
+    layout, flat, inputs, targets, h0, c0 = tiny_problem()
+    rng = np.random.default_rng(7)
+    masks = (rng.random((2, inputs.shape[1], inputs.shape[0], 5)) < 0.7) / 0.7   # (L, T, B, H)
+    grad = np.zeros_like(flat)
+    lstm.loss_and_grad(layout.views(flat), layout.views(grad), inputs, targets, h0, c0, masks)
+
+    def loss():
+        logits, _ = lstm.forward(layout.views(flat), inputs, h0, c0, masks)
+        return lstm.cross_entropy(logits, targets)[0]
+    assert relative_error(grad, centred_differences(loss, flat)) < 1e-6

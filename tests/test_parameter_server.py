@@ -90,3 +90,21 @@ def test_a_joining_worker_gets_chunks_at_the_next_step():
     server.accept_push(a, 0, item.chunks, compute_push(server, item, computer))
     server.finish_step()
     assert {i.token for i in server.start_step()} == {a, b}
+
+
+def test_dropout_masks_do_not_depend_on_the_partition():
+    from model.training import dropout_masks
+    config = Config(layers=2, hidden=8, chunks=5, seq_len=10, dropout=0.3)
+    whole = dropout_masks(config, 4, range(5), np.float64)
+    parts = np.concatenate([dropout_masks(config, 4, [0, 1], np.float64),
+                            dropout_masks(config, 4, [2, 3, 4], np.float64)], axis=2)
+    np.testing.assert_array_equal(whole, parts)
+    assert set(np.unique(whole)) == {0.0, 1 / 0.7}
+    assert not np.array_equal(whole, dropout_masks(config, 5, range(5), np.float64))
+    assert dropout_masks(config.replace(dropout=0.0), 4, range(5), np.float64) is None
+
+
+def test_learning_rate_decay_is_per_epoch_after_k():
+    config = Config(lr=1e-3, lr_decay=0.5, lr_decay_after=2)
+    assert [config.lr_at(e) for e in range(5)] == [1e-3, 1e-3, 1e-3, 5e-4, 2.5e-4]
+    assert Config().lr_at(100) == Config().lr

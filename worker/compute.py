@@ -6,12 +6,14 @@ import time
 import numpy as np
 
 from model.params import ParamLayout
-from model.training import ChunkGradients
+from model.config import Config
+from model.training import ChunkGradients, dropout_masks
 from protocol import Message
 
 
 class WorkerCompute:
     def __init__(self, config: dict, vocab: str):
+        self.config = Config.from_dict(config)
         self.layout = ParamLayout.for_model(len(vocab), config["layers"], config["hidden"])
         self.dtype = np.dtype(config["dtype"])
         self.gradients = ChunkGradients(self.layout, self.dtype)
@@ -21,8 +23,9 @@ class WorkerCompute:
     def compute(self, work: Message) -> Message:
         started = time.perf_counter()
         arrays = work.arrays
+        masks = dropout_masks(self.config, work["step"], work["chunks"], self.dtype)
         loss, grad, h_last, c_last = self.gradients.compute(
-            arrays["params"], arrays["inputs"], arrays["targets"], arrays["h"], arrays["c"])
+            arrays["params"], arrays["inputs"], arrays["targets"], arrays["h"], arrays["c"], masks)
         return Message("push", {"token": work["token"], "step": work["step"], "chunks": work["chunks"],
                                 "loss": loss, "compute_s": time.perf_counter() - started},
                        {"grad": grad, "h": h_last, "c": c_last})

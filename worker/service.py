@@ -131,7 +131,7 @@ class Worker:
             socket.close(linger=200 if self.stopping else 0)
 
     def _prepare(self, config: dict, vocab: str) -> None:
-        key = (config.get("layers"), config.get("hidden"), config.get("seq_len"), config.get("dtype"), vocab)
+        key = (tuple(sorted(config.items())), vocab)
         if key != self.compute_key:
             self.compute, self.compute_key = WorkerCompute(config, vocab), key
 
