@@ -13,6 +13,7 @@ import time
 
 from model.checkpoint import CheckpointError
 from model.cli import config_from_args, training_argv
+from model.curves import write_curves
 from model.run import TrainingRun
 from model.training import ChunkGradients, local_step
 
@@ -54,6 +55,11 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def refresh_curves(args, step: int) -> None:
+    if args.plot_every and step % args.plot_every == 0:
+        write_curves(args.save_dir)
+
+
 def train_in_process(args) -> int:
     """The single-process reference loop: all chunks as one batch, no sockets."""
     stop = []
@@ -77,9 +83,12 @@ def train_in_process(args) -> int:
         progress.step(f"step {run.state.step}/{run.target_steps} epoch {line['epoch']:.3f} loss {loss:.4f} "
                       f"chars/s {line['chars_per_s']:.0f} workers 0", run.state.step, run.target_steps,
                       loss, line["chars_per_s"])
+        refresh_curves(args, run.state.step)
     if stop:
         run.checkpoint()
     run.finish(completed=not stop)
+    if args.plot_every:
+        write_curves(args.save_dir)
     progress.close()
     print(f"stopped at step {run.state.step}; checkpoint {run.checkpoint_path}", file=sys.stderr)
     return 0
@@ -135,6 +144,7 @@ class LocalCluster:
                         step, total, _, loss, rate, alive = match.groups()
                         self.progress.step(line, int(step), int(total), float(loss), float(rate),
                                            f"workers {alive}")
+                        refresh_curves(self.args, int(step))
                     else:
                         self.progress.message(line)
                 return self._finish()
@@ -163,6 +173,8 @@ class LocalCluster:
 
     def _finish(self) -> int:
         code = self.coordinator.wait()
+        if self.args.plot_every:
+            write_curves(self.args.save_dir)
         self.progress.close()
         return code
 

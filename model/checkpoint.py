@@ -6,7 +6,6 @@ Keys: `meta` (uint8 UTF-8 JSON), `param/<name>`, `rmsprop/<name>`, `chunks/h`, `
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile
@@ -50,7 +49,7 @@ def state_arrays(state: TrainState) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+def write_npz_atomic(path: str, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
     """Temp file in the same directory, fsync, rename, fsync the directory: a reader sees the
     old file or the new one, never a torn one, whatever dies when."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -58,7 +57,7 @@ def write_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
     temp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(temp, "wb") as handle:
-            np.savez(handle, **arrays)
+            (np.savez_compressed if compressed else np.savez)(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -182,9 +181,3 @@ def model_arrays(meta: dict, params: np.ndarray, dtype: str) -> dict[str, np.nda
         arrays[f"param/{name}"] = view.astype(dtype)
     return arrays
 
-
-def model_bytes(meta: dict, params: np.ndarray, dtype: str) -> bytes:
-    """A compressed model-only .npz in memory."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **model_arrays(meta, params, dtype))
-    return buffer.getvalue()

@@ -22,6 +22,8 @@ def main(argv=None) -> int:
                         help="worker processes; 0 trains in this process (default: cores = %(default)s)")
     parser.add_argument("--liveness", type=float, default=10.0,
                         help="seconds of silence before a worker is declared dead (default: %(default)s)")
+    parser.add_argument("--plot-every", type=int, default=100,
+                        help="refresh <save-dir>/curves.html every N steps; 0 = never (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     add_training_arguments(parser)
     args = parser.parse_args(argv)

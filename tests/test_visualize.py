@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from model.checkpoint import model_bytes
+from model.checkpoint import model_arrays, write_npz_atomic
 from model.inference import Model, activations
 from model.params import ParamLayout
 from tests import processes as procs
@@ -37,7 +37,7 @@ def planted(tmp_path):
     vocab = "".join(sorted(set(TEXT)))
     meta, flat = newline_counter_model(vocab)
     path = tmp_path / "planted.npz"
-    path.write_bytes(model_bytes(meta, flat, "float64"))
+    write_npz_atomic(str(path), model_arrays(meta, flat, "float64"))
     text = tmp_path / "text.txt"
     text.write_text(TEXT, encoding="utf-8")
     return str(path), str(text), Model(meta, flat)

@@ -1,0 +1,55 @@
+"""Training and validation loss against step and wall time: a self-contained HTML/SVG page
+(needs nothing installed) and, with --png, a PNG via matplotlib (an optional extra)."""
+import argparse
+import os
+import sys
+
+import _paths  # noqa: F401
+
+from model.curves import moving_average, read_metrics, write_curves
+
+
+def write_png(save_dir: str, out: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--png needs matplotlib: pip install matplotlib") from None
+    train, val = read_metrics(os.path.join(save_dir, "metrics.jsonl"))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, key, label in ((axes[0], "step", "optimizer step"), (axes[1], "elapsed_s", "hours")):
+        scale = 3600 if key == "elapsed_s" else 1
+        axis.plot([m[key] / scale for m in train], moving_average([m["loss"] for m in train], 25),
+                  label="training (moving average of 25)")
+        axis.plot([m[key] / scale for m in val], [m["val_loss"] for m in val], "o-", label="validation")
+        axis.set_xlabel(label)
+        axis.set_ylabel("loss (nats/char)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--save-dir", default="saves", help="folder with metrics.jsonl (default: %(default)s)")
+    parser.add_argument("--png", help="also write this PNG (needs matplotlib)")
+    args = parser.parse_args(argv)
+    page = write_curves(args.save_dir)
+    if page is None:
+        print(f"error: no metrics.jsonl in {args.save_dir}; train first", file=sys.stderr)
+        return 2
+    print(f"wrote {page}")
+    if args.png:
+        try:
+            write_png(args.save_dir, args.png)
+        except RuntimeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
