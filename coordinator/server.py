@@ -70,6 +70,8 @@ class ParameterServer:
         self.liveness_s = liveness_s
         self.workers: dict[int, WorkerRecord] = {}
         self.in_flight: StepInFlight | None = None
+        # (token, step, chunks) accepted in the last finished steps: a late repeat is a duplicate
+        self.recently_accepted: set[tuple[int, int, tuple[int, ...]]] = set()
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
 
     # roster -------------------------------------------------------------------------------
@@ -155,6 +157,8 @@ class ParameterServer:
         if token not in self.workers:
             return None, "unknown or expired token"
         flight = self.in_flight
+        if (token, step, chunks) in self.recently_accepted:
+            return "duplicate", None
         if flight is None or step != flight.step:
             return None, f"step {step} is not the step in flight (next is {self.state.step})"
         if flight.owner.get(chunks) != token:
@@ -184,6 +188,7 @@ class ParameterServer:
         loss_sum = sum(flight.received[g].loss for g in groups)
         norm = self.state.apply_gradient(grad_sum, new_h, new_c)
         self.in_flight = None
+        self.recently_accepted = {(token, flight.step, group) for group, token in flight.accepted_from.items()}
         return {"loss": loss_sum / self.state.predictions_per_step, "grad_norm": norm,
                 "compute_s": max(flight.received[g].compute_s for g in groups),
                 "groups": len(groups)}

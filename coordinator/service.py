@@ -167,5 +167,7 @@ class Coordinator:
             self.log(f"error: {error}")
             return 1
         finally:
+            self.reject_log.flush()
+            self.log(f"{self.reject_log.total} invalid or refused messages in this run")
             self.socket.close(linger=1000)
             self.context.term()

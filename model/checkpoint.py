@@ -155,6 +155,11 @@ def load_latest_state(save_dir: str, log=print) -> TrainState | None:
     history/ (logging why it fell back). None when there is none at all."""
     main = os.path.join(save_dir, "checkpoint.npz")
     history = os.path.join(save_dir, HISTORY_DIR)
+    if os.path.isdir(save_dir):
+        for name in os.listdir(save_dir):     # left by a writer killed mid-write; never renamed
+            if ".npz.tmp-" in name:
+                os.unlink(os.path.join(save_dir, name))
+                log(f"removed {name}, a checkpoint write that never finished")
     candidates = [main] if os.path.exists(main) else []
     if os.path.isdir(history):
         candidates += [os.path.join(history, f) for f in

@@ -39,6 +39,12 @@ class RateLimitedLog:
         else:
             self.suppressed += 1
 
+    def flush(self) -> None:
+        """Reports what the current window suppressed, so every rejection is accounted for."""
+        if self.suppressed:
+            self.log(f"... {self.suppressed} similar lines suppressed in the last {self.interval_s:g}s")
+            self.suppressed = 0
+
 
 def bind_router(context: zmq.Context, endpoint: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                 curve_server=None) -> tuple[zmq.Socket, str]:

@@ -1,0 +1,235 @@
+"""Failure drills with real processes: stalls, hostile input, dying checkpoint writers, SIGTERM."""
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from protocol import Message, decode, encode
+from tests import processes as procs
+from tests.conftest import generated_text
+from tests.fuzzing import malformed, valid_push
+from tests.test_distributed import relative, start_cluster
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(generated_text(20_000, seed=3), encoding="utf-8")
+    return str(path)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        return int(re.search(r"VmRSS:\s+(\d+)", handle.read()).group(1))
+
+
+def log_of(save_dir, name="coordinator.log") -> str:
+    return open(os.path.join(save_dir, name)).read()
+
+
+def test_stalled_worker_is_fenced_and_comes_back(corpus, tmp_path):
+    save_dir = str(tmp_path)
+    coordinator, _, pool = start_cluster(corpus, save_dir, 40, 2, "--hidden", "48")
+    try:
+        procs.wait_for(lambda: procs.last_step(save_dir) >= 3, 60, "step 3")
+        pool[1].send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        procs.wait_for(lambda: "declared dead" in log_of(save_dir), 30, "the stalled worker declared dead")
+        detected = time.monotonic() - stopped_at
+        step_when_dead = procs.last_step(save_dir)
+        procs.wait_for(lambda: procs.last_step(save_dir) >= step_when_dead + 2, 60, "training without it")
+        pool[1].send_signal(signal.SIGCONT)
+        procs.wait_for(lambda: log_of(save_dir).count("registered") >= 3, 30, "the worker registering again")
+        assert coordinator.wait(120) == 0
+    finally:
+        for worker in pool:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGCONT)
+        procs.stop_all(coordinator, *pool)
+    log = log_of(save_dir)
+    assert "unknown or stale token" in log or "refused push" in log      # its late words were refused
+    assert procs.metrics(save_dir)[-1]["workers"] == 2                   # and it got work again
+    assert [m["step"] for m in procs.metrics(save_dir)] == list(range(1, 41))
+    reference = str(tmp_path / "reference")
+    procs.train(corpus, reference, "--steps", 40, "--workers", 0, "--hidden", "48")
+    assert relative(procs.params_of(save_dir), procs.params_of(reference)) < 1e-6
+    print(f"stalled worker declared dead {detected:.2f}s after SIGSTOP (liveness 1.5s)")
+
+
+class FakeWorker:
+    """A hand-driven DEALER that speaks CLSTM/1, for duplicates and hostile input."""
+
+    def __init__(self, endpoint):
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def send(self, frames):
+        self.socket.send_multipart(frames)
+
+    def expect(self, cmd, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.socket.poll(100):
+                message = decode(self.socket.recv_multipart())
+                if message.cmd == cmd:
+                    return message
+        raise AssertionError(f"no {cmd} within {timeout}s")
+
+    def close(self):
+        self.socket.close()
+        self.context.term()
+
+
+def test_hostile_input_then_normal_training(corpus, tmp_path):
+    save_dir = str(tmp_path)
+    os.makedirs(save_dir, exist_ok=True)
+    endpoint_file = os.path.join(save_dir, "endpoint")
+    coordinator = procs.spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
+                              "--corpus", corpus, "--save-dir", save_dir, "--steps", 4, *procs.SMALL,
+                              "--dtype", "float32", log_path=os.path.join(save_dir, "coordinator.log"))
+    fake = None
+    pool = []
+    try:
+        endpoint = procs.read_endpoint(endpoint_file, coordinator)
+        fake = FakeWorker(endpoint)
+        fake.send(encode(Message("register", {"name": "fake"})))
+        welcome = fake.expect("welcome")
+        work = fake.expect("work")
+        from worker.compute import WorkerCompute
+        computer = WorkerCompute(welcome["config"], welcome["vocab"])
+        dims = computer.dims
+        rss_before = rss_kb(coordinator.pid)
+        rng = random.Random(99)
+        good = valid_push(dims, welcome["token"], 0, work["chunks"])
+        sent = 0
+        for _ in range(10_000):
+            fake.send(malformed(rng, good, dims))
+            sent += 1
+        # pushes for chunks this worker does not own, and for an old step: refused, state unchanged
+        fake.send(valid_push(dims, welcome["token"], 0, [99]))
+        fake.send(valid_push(dims, welcome["token"], 99, work["chunks"]))
+        push = [bytes(f) for f in encode(computer.compute(work))]
+        fake.send(push)
+        assert fake.expect("reject")["reregister"] is False
+        assert fake.expect("reject")["reregister"] is False
+        assert fake.expect("ack")["status"] == "accepted"
+        fake.send(push)                                    # delivered twice: same answer, no change
+        assert fake.expect("ack")["status"] == "duplicate"
+        rss_after = rss_kb(coordinator.pid)
+        fake.send(encode(Message("bye", {"token": welcome["token"]})))
+        pool = [procs.spawn("worker", "--connect", endpoint) for _ in range(2)]
+        assert coordinator.wait(120) == 0
+    finally:
+        if fake:
+            fake.close()
+        procs.stop_all(coordinator, *pool)
+    log = log_of(save_dir)
+    logged = len(re.findall(r"^(dropped|refused) ", log, re.M))
+    suppressed = sum(int(n) for n in re.findall(r"\.\.\. (\d+) similar lines suppressed", log))
+    total = int(re.search(r"(\d+) invalid or refused messages in this run", log).group(1))
+    assert total == logged + suppressed >= sent + 2
+    assert logged < 200, "the log must be rate-limited"
+    assert rss_after - rss_before < 50_000, f"RSS grew by {rss_after - rss_before} kB"
+    assert [m["step"] for m in procs.metrics(save_dir)] == [1, 2, 3, 4]
+    print(f"{sent} malformed frame sets, {total} rejections, 0 crashes; RSS {rss_before} -> {rss_after} kB")
+
+
+def test_checkpoint_writer_killed_half_way(corpus, tmp_path):
+    """A process dies (SIGKILL) while writing a large checkpoint: the old one stays readable."""
+    procs.train(corpus, str(tmp_path), "--steps", 1, "--workers", 0)
+    before = open(tmp_path / "checkpoint.npz", "rb").read()
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import sys, numpy as np
+sys.path.insert(0, {procs.ROOT!r})
+from model.checkpoint import write_npz_atomic
+write_npz_atomic({str(tmp_path / 'checkpoint.npz')!r}, {{"big": np.random.default_rng(0).random(150_000_000)}})
+"""], cwd=procs.ROOT)
+    procs.wait_for(lambda: any(".npz.tmp-" in f and os.path.getsize(tmp_path / f) > 10_000_000
+                               for f in os.listdir(tmp_path)), 60, "the writer to be half-way")
+    writer.kill()
+    writer.wait()
+    assert open(tmp_path / "checkpoint.npz", "rb").read() == before
+    out = procs.train(corpus, str(tmp_path), "--steps", 2, "--workers", 0)
+    assert "a checkpoint write that never finished" in out.stdout + out.stderr
+    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path):
+    procs.train(corpus, str(tmp_path), "--steps", 3, "--workers", 0)
+    path = tmp_path / "checkpoint.npz"
+    data = path.read_bytes()
+    path.unlink()                                          # replace (not rewrite) so history keeps step 3
+    path.write_bytes(data[: len(data) // 2])
+    out = procs.train(corpus, str(tmp_path), "--steps", 4, "--workers", 0)
+    text = out.stdout + out.stderr
+    assert "checkpoint.npz is corrupt or truncated" in text and "resuming from" in text
+    straight = tmp_path / "straight"
+    procs.train(corpus, str(straight), "--steps", 4, "--workers", 0)
+    np.testing.assert_array_equal(procs.params_of(str(tmp_path)), procs.params_of(str(straight)))
+
+
+def test_sigterm_to_train_local_stops_everything(corpus, tmp_path):
+    save_dir = str(tmp_path)
+    launcher = subprocess.Popen([sys.executable, os.path.join(procs.ROOT, "scripts", "train_local.py"),
+                                 "--corpus", corpus, "--save-dir", save_dir, "--no-progress", *procs.SMALL,
+                                 "--hidden", "48", "--checkpoint-every", "1000", "--steps", "100000",
+                                 "--workers", "2"], cwd=procs.ROOT, env=procs.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        procs.wait_for(lambda: procs.last_step(save_dir) >= 3, 60, "training to start")
+        children = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                    if _parent(pid) == launcher.pid]
+        assert len(children) == 3
+        port = int(re.search(r"listening on tcp://127.0.0.1:(\d+)", open_output(launcher, save_dir)).group(1))
+        started = time.monotonic()
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(15) == 0
+        took = time.monotonic() - started
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert not [pid for pid in children if os.path.exists(f"/proc/{pid}") and _state(pid) != "Z"]
+    from model.checkpoint import load_state
+    assert load_state(os.path.join(save_dir, "checkpoint.npz")).step >= 3
+    with socket.socket() as probe:                           # nobody listens on the port any more
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+    print(f"train_local stopped {len(children)} children in {took:.2f}s after SIGTERM")
+
+
+def open_output(launcher, save_dir) -> str:
+    """The coordinator's startup lines; train_local passes them through on stdout."""
+    lines = []
+    while True:
+        line = launcher.stdout.readline()
+        lines.append(line)
+        if "listening on" in line or not line:
+            return "".join(lines)
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
