@@ -154,7 +154,7 @@ def test_checkpoint_writer_killed_half_way(corpus, tmp_path):
 import sys, numpy as np
 sys.path.insert(0, {procs.ROOT!r})
 from model.checkpoint import write_npz_atomic
-write_npz_atomic({str(tmp_path / 'checkpoint.npz')!r}, {{"big": np.random.default_rng(0).random(150_000_000)}})
+write_npz_atomic({str(tmp_path / 'checkpoint.npz')!r}, {{"big": np.random.default_rng(0).random(30_000_000)}})
 """], cwd=procs.ROOT)
     procs.wait_for(lambda: any(".npz.tmp-" in f and os.path.getsize(tmp_path / f) > 10_000_000
                                for f in os.listdir(tmp_path)), 60, "the writer to be half-way")
