@@ -10,6 +10,7 @@ import sys  # noqa: E402
 from model.checkpoint import CheckpointError  # noqa: E402
 from model.cli import add_training_arguments, config_from_args  # noqa: E402
 from model.run import TrainingRun  # noqa: E402
+from protocol.security import CurveServer, SecurityError  # noqa: E402
 from protocol.transport import log_line  # noqa: E402
 from .service import Coordinator  # noqa: E402
 
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--min-workers", type=int, default=1,
                      help="wait for this many workers before the first step, so that runs with the "
                           "same worker count partition the chunks alike (default: %(default)s)")
+    net.add_argument("--curve-keys", metavar="DIR",
+                     help="authenticate and encrypt with CurveZMQ: keys from scripts/make_keys.py; only "
+                          "public keys in DIR/authorized/ are admitted")
     net.add_argument("--max-message-mb", type=float, default=512,
                      help="largest message accepted, in MiB (default: %(default)s)")
     add_training_arguments(parser)
@@ -40,13 +44,16 @@ def main(argv=None) -> int:
         run = TrainingRun(config, args.corpus, args.save_dir, steps=args.steps, epochs=args.epochs,
                           fresh=args.fresh, checkpoint_every=args.checkpoint_every,
                           eval_every=args.eval_every, log=log_line)
-        coordinator = Coordinator(run, args.bind, heartbeat_s=args.heartbeat, liveness_s=args.liveness,
+        curve = CurveServer(args.curve_keys) if args.curve_keys else None
+        coordinator = Coordinator(run, args.bind, curve_server=curve, heartbeat_s=args.heartbeat, liveness_s=args.liveness,
                                   max_message_bytes=int(args.max_message_mb * 1024 * 1024),
                                   min_workers=args.min_workers)
-    except (ValueError, FileNotFoundError, CheckpointError, OSError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError, OSError, SecurityError) as error:
         log_line(f"error: {error}")
         return 2
-    if not coordinator.endpoint.startswith(("tcp://127.", "ipc://", "inproc://", "tcp://[::1]")):
+    if curve:
+        log_line(f"CURVE on: only the public keys in {curve.authorized} may connect; traffic is encrypted")
+    elif not coordinator.endpoint.startswith(("tcp://127.", "ipc://", "inproc://", "tcp://[::1]")):
         log_line(f"WARNING: listening on {coordinator.endpoint} without authentication or encryption; "
                  f"anyone who can reach this port can join or read the model. Bind to 127.0.0.1 or "
                  f"a private network.")

@@ -24,6 +24,7 @@ class Coordinator:
         self.log = log
         self.reject_log = RateLimitedLog(log)
         self.context = zmq.Context()
+        self.curve_server = curve_server
         self.socket, self.endpoint = bind_router(self.context, bind, max_message_bytes, curve_server)
         config = run.state.config
         self.dims = {"P": run.state.params.size, "S": config.layers, "W": config.hidden,
@@ -170,4 +171,6 @@ class Coordinator:
             self.reject_log.flush()
             self.log(f"{self.reject_log.total} invalid or refused messages in this run")
             self.socket.close(linger=1000)
+            if self.curve_server is not None:
+                self.curve_server.stop()
             self.context.term()

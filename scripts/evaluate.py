@@ -4,9 +4,8 @@ import json
 import sys
 
 import _paths  # noqa: F401
-from _load import add_model_arguments, load_from_args, read_text_file
+from _load import USER_ERRORS, add_model_arguments, load_from_args, read_text_file
 
-from model.checkpoint import CheckpointError
 from model.corpus import split_point
 from model.inference import evaluate
 
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
         if args.tail_fraction is not None:
             text = text[split_point(len(text), args.tail_fraction):]
         result = evaluate(model, text)
-    except (ValueError, CheckpointError, OSError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:

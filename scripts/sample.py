@@ -3,9 +3,8 @@ import argparse
 import sys
 
 import _paths  # noqa: F401
-from _load import add_model_arguments, load_from_args
+from _load import USER_ERRORS, add_model_arguments, load_from_args
 
-from model.checkpoint import CheckpointError
 from model.corpus import encode
 from model.inference import sample
 
@@ -33,10 +32,7 @@ def main(argv=None) -> int:
         sys.stdout.write("\n")
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # noqa: BLE001 - one clear line for the user, no traceback
-        if not isinstance(error, (ValueError, CheckpointError, OSError)) and \
-                type(error).__name__ != "PullError":
-            raise
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

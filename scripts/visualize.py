@@ -7,10 +7,9 @@ import sys
 
 import _paths  # noqa: F401
 import numpy as np
-from _load import add_model_arguments, load_from_args, read_text_file
+from _load import USER_ERRORS, add_model_arguments, load_from_args, read_text_file
 from _neuron_page import index_page, neuron_section, page, write_png
 
-from model.checkpoint import CheckpointError
 from model.corpus import read_corpus, split_point
 from model.inference import QUANTITIES, activations, sample
 from model.neurons import rank_neurons
@@ -100,7 +99,7 @@ def main(argv=None) -> int:
             handle.write(page(f"layer {args.layer}: {args.quantity} of neuron(s) "
                               f"{', '.join(map(str, args.neuron))}", "".join(sections)))
         print(f"wrote {out}")
-    except (ValueError, CheckpointError, OSError, RuntimeError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -93,3 +93,39 @@ def test_services_run_as_local_processes(compose, tmp_path):
         assert len(out) == 31
     finally:
         procs.stop_all(coordinator)
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="libzmq without CURVE")
+def test_secure_overlay_runs_with_keys_laid_out_as_its_secrets(compose, tmp_path):
+    """Lay the make_keys.py files out where the overlay's secrets put them, then run the services."""
+    import shutil
+    with open(os.path.join(ROOT, "docker-compose.secure.yml")) as handle:
+        overlay = yaml.safe_load(handle)
+    keys = tmp_path / "keys"
+    procs.run_script("make_keys.py", keys, "--clients", "worker", "sampler")
+    secrets_root = tmp_path / "secrets"
+    data, checkpoints = tmp_path / "data", tmp_path / "checkpoints"
+    data.mkdir()
+    checkpoints.mkdir()
+    (data / "tinyshakespeare.txt").write_text(generated_text(20_000), encoding="utf-8")
+    for name in ("coordinator", "worker", "sample"):
+        for secret in overlay["services"][name]["secrets"]:
+            source = overlay["secrets"][secret["source"]]["file"]
+            target = secrets_root / os.path.relpath(secret["target"], "/run/secrets")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tmp_path / source, target)
+    mounts = {"/data": str(data), "/checkpoints": str(checkpoints), "/run/secrets": str(secrets_root)}
+    services = {name: dict(compose["services"][name], **overlay["services"][name]) for name in overlay["services"]}
+    port = free_port()
+    coordinator = service_process(services["coordinator"], port, mounts,
+                                  ["--steps", "3", "--hidden", "16", "--chunks", "4", "--seq-len", "20"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = service_process(services["worker"], port, mounts, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        output, _ = coordinator.communicate(timeout=90)
+        assert coordinator.returncode == 0, output
+        assert "CURVE on" in output and "step 3/3" in output and "WARNING" not in output
+        assert worker.wait(20) == 0
+    finally:
+        procs.stop_all(coordinator, worker)

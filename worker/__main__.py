@@ -7,6 +7,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
+from protocol.security import CurveClient, SecurityError  # noqa: E402
 from .service import Worker  # noqa: E402
 
 
@@ -20,12 +21,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "the coordinator's own value arrives (default: %(default)s)")
     parser.add_argument("--backoff-max", type=float, default=5.0,
                         help="longest wait between reconnection attempts, seconds (default: %(default)s)")
+    parser.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ key folder (scripts/make_keys.py)")
+    parser.add_argument("--key-name", default="worker",
+                        help="use DIR/clients/NAME.key_secret (default: %(default)s)")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return Worker(args.connect, name=args.name, liveness_s=args.liveness, backoff_max_s=args.backoff_max).run()
+    try:
+        curve = CurveClient(args.curve_keys, args.key_name) if args.curve_keys else None
+    except SecurityError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return Worker(args.connect, name=args.name, liveness_s=args.liveness, backoff_max_s=args.backoff_max,
+                  curve_client=curve).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""Create CurveZMQ keys for an authenticated, encrypted cluster: the coordinator's pair and one
+pair per client name (workers, samplers), each client's public key authorised.
+
+Then: coordinator --curve-keys DIR; worker --curve-keys DIR --key-name NAME;
+sample.py --coordinator ... --curve-keys DIR --key-name NAME. Keep DIR private."""
+import argparse
+import sys
+
+import _paths  # noqa: F401
+
+from protocol.security import SecurityError, create_keys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("directory", help="key folder to create or extend, e.g. keys/")
+    parser.add_argument("--clients", nargs="+", default=["worker", "sampler"],
+                        help="client key pairs to create and authorise (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        create_keys(args.directory, args.clients)
+    except (SecurityError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"keys in {args.directory}: coordinator pair, clients {', '.join(args.clients)} (authorised)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
