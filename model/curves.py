@@ -39,10 +39,14 @@ def _chart(title: str, xlabel: str, series: list[tuple[str, str, list, list]]) -
         return f"<p>{html.escape(title)}: no data yet</p>"
     x0, x1 = min(xs), max(xs) or 1
     y0, y1 = math.floor(min(ys) * 10) / 10, math.ceil(max(ys) * 10) / 10
+    clipped = y1 > y0 + 2.0              # the first steps' loss would squash the interesting part
+    if clipped:
+        y1 = y0 + 2.0
+        title += f" (axis clipped at {y1:.1f})"
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 0.1)
 
     def px(x): return PAD + (x - x0) / (x1 - x0) * (WIDTH - 2 * PAD)
-    def py(y): return HEIGHT - PAD - (y - y0) / (y1 - y0) * (HEIGHT - 2 * PAD)
+    def py(y): return HEIGHT - PAD - (min(y, y1) - y0) / (y1 - y0) * (HEIGHT - 2 * PAD)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
              f'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>',
              f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>']
@@ -51,7 +55,8 @@ def _chart(title: str, xlabel: str, series: list[tuple[str, str, list, list]]) -
         parts.append(f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#eee"/>'
                      f'<text x="{PAD - 4}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.2f}</text>')
         x = x0 + (x1 - x0) * k / 5
-        parts.append(f'<text x="{px(x):.1f}" y="{HEIGHT - PAD + 14}" text-anchor="middle">{x:.3g}</text>')
+        label = f"{x:,.0f}" if x1 - x0 >= 20 else f"{x:.2g}"
+        parts.append(f'<text x="{px(x):.1f}" y="{HEIGHT - PAD + 14}" text-anchor="middle">{label}</text>')
     parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT - 8}" text-anchor="middle">{html.escape(xlabel)}</text>'
                  f'<text x="12" y="{HEIGHT / 2}" transform="rotate(-90 12 {HEIGHT / 2})" '
                  f'text-anchor="middle">loss (nats/char)</text>')
@@ -61,6 +66,16 @@ def _chart(title: str, xlabel: str, series: list[tuple[str, str, list, list]]) -
         parts.append(f'<text x="{WIDTH - PAD - 4}" y="{PAD + 14 * k}" text-anchor="end" fill="{colour}">'
                      f'{html.escape(name)}</text>')
     return "".join(parts) + "</svg>"
+
+
+def step_chart_svg(metrics_path: str) -> str:
+    """The loss-against-step chart alone, as a standalone SVG file's text."""
+    train, val = read_metrics(metrics_path)
+    return _chart("tiny shakespeare: loss against step", "optimizer step",
+                  [("training (moving average of 25)", "#1f77b4", [m["step"] for m in train],
+                    moving_average([m["loss"] for m in train], 25)),
+                   ("validation (held-out last 10%)", "#d62728", [m["step"] for m in val],
+                    [m["val_loss"] for m in val])])
 
 
 def curves_html(metrics_path: str) -> str:

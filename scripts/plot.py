@@ -6,7 +6,7 @@ import sys
 
 import _paths  # noqa: F401
 
-from model.curves import moving_average, read_metrics, write_curves
+from model.curves import moving_average, read_metrics, step_chart_svg, write_curves
 
 
 def write_png(save_dir: str, out: str) -> None:
@@ -35,12 +35,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--save-dir", default="saves", help="folder with metrics.jsonl (default: %(default)s)")
     parser.add_argument("--png", help="also write this PNG (needs matplotlib)")
+    parser.add_argument("--svg", help="also write the loss-against-step chart alone as this SVG")
     args = parser.parse_args(argv)
     page = write_curves(args.save_dir)
     if page is None:
         print(f"error: no metrics.jsonl in {args.save_dir}; train first", file=sys.stderr)
         return 2
     print(f"wrote {page}")
+    if args.svg:
+        with open(args.svg, "w", encoding="utf-8") as handle:
+            handle.write(step_chart_svg(os.path.join(args.save_dir, "metrics.jsonl")))
+        print(f"wrote {args.svg}")
     if args.png:
         try:
             write_png(args.save_dir, args.png)
