@@ -178,9 +178,10 @@ class ParameterServer:
         if flight is None or not flight.complete:
             raise RuntimeError("finish_step called before every chunk's contribution arrived")
         groups = sorted(flight.received)
-        grad_sum = flight.received[groups[0]].grad.copy()
-        for group in groups[1:]:
-            grad_sum += flight.received[group].grad
+        grads = [flight.received[g].grad for g in groups]
+        grad_sum = grads[0] + grads[1] if len(grads) > 1 else grads[0].copy()   # one pass, no copy
+        for grad in grads[2:]:
+            grad_sum += grad
         new_h, new_c = self.state.chunk_h.copy(), self.state.chunk_c.copy()
         for group in groups:
             new_h[:, list(group)] = flight.received[group].h
