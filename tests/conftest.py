@@ -22,16 +22,9 @@ def generated_text(n_chars: int, seed: int = 0) -> str:
     return "".join(parts)[:n_chars]
 
 
-@pytest.fixture
-def small_text() -> str:
-    return generated_text(6000)
-
-
-@pytest.fixture
-def corpus_file(tmp_path, small_text):
-    path = tmp_path / "corpus.txt"
-    path.write_text(small_text, encoding="utf-8")
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A 20,000-character generated corpus file for the tests that start real processes."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(generated_text(20_000, seed=3), encoding="utf-8")
     return str(path)
-
-
-SHAKESPEARE = os.path.join(ROOT, "saves", "tinyshakespeare.txt")

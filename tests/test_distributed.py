@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 
 from tests import processes as procs
-from tests.conftest import generated_text
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(generated_text(20_000, seed=3), encoding="utf-8")
-    return str(path)
 
 
 def relative(a, b):

@@ -14,18 +14,10 @@ import zmq
 
 from protocol import Message, decode, encode
 from tests import processes as procs
-from tests.conftest import generated_text
 from tests.fuzzing import malformed, valid_push
 from tests.test_distributed import relative, start_cluster
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(generated_text(20_000, seed=3), encoding="utf-8")
-    return str(path)
 
 
 def rss_kb(pid: int) -> int:
