@@ -142,3 +142,15 @@ def test_coordinator_killed_and_restarted_resumes_bit_identically(corpus, tmp_pa
         procs.stop_all(coordinator, *pool)
     assert "resuming from" in open(os.path.join(save_dir, "coordinator2.log")).read()
     np.testing.assert_array_equal(procs.params_of(save_dir), procs.params_of(straight))
+
+
+
+def test_a_compute_finishing_after_the_worker_closed_its_pipe_is_harmless():
+    """Seen in a real run: a stop arrives mid-compute, the worker closes its wake-up pipe, then
+    the compute thread finishes and tries to wake the closed loop; that must stay silent."""
+    from worker.service import Worker
+    worker = Worker("tcp://127.0.0.1:1")
+    os.close(worker.wake_write)
+    worker._wake(None)
+    os.close(worker.wake_read)
+    worker.context.term()

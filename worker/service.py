@@ -137,5 +137,12 @@ class Worker:
 
     def _submit(self, work: Message) -> Future:
         future = self.executor.submit(self.compute.compute, work)
-        future.add_done_callback(lambda _f: os.write(self.wake_write, b"."))
+        future.add_done_callback(self._wake)
         return future
+
+    def _wake(self, _future) -> None:
+        """Runs in the compute thread; after shutdown the pipe may be closed, which is fine."""
+        try:
+            os.write(self.wake_write, b".")
+        except OSError:
+            pass
