@@ -134,8 +134,12 @@ class LocalCluster:
                 if endpoint is None:
                     return self._finish()
                 for k in range(self.args.workers):
+                    threads = str(self.args.blas_threads)
                     self.workers.append(self._spawn(["-m", "worker", "--connect", endpoint,
-                                                     "--name", f"local-{k}"]))
+                                                     "--name", f"local-{k}"],
+                                                    env=dict(os.environ, OPENBLAS_NUM_THREADS=threads,
+                                                             OMP_NUM_THREADS=threads,
+                                                             MKL_NUM_THREADS=threads)))
                 threading.Thread(target=self._watch_workers, daemon=True).start()
                 for raw in self.coordinator.stdout:
                     line = raw.rstrip("\n")

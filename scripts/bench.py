@@ -42,13 +42,14 @@ print(json.dumps(sorted(times[{warmup}:])[len(times[{warmup}:]) // 2]))
     return chunks * seq_len / seconds
 
 
-def end_to_end(corpus, workers, steps, warmup, model_flags):
+def end_to_end(corpus, workers, steps, warmup, model_flags, blas_threads=1):
     """Median chars/s and overhead share of train_local; peak RSS from the processes' own reports."""
     with tempfile.TemporaryDirectory() as save_dir:
         result = subprocess.run(
             [sys.executable, os.path.join(_paths.ROOT, "scripts", "train_local.py"), "--corpus", corpus,
              "--save-dir", save_dir, "--steps", str(warmup + steps), "--workers", str(workers),
-             "--checkpoint-every", "100000", "--no-progress", *model_flags],
+             "--checkpoint-every", "100000", "--no-progress", "--blas-threads", str(blas_threads),
+             *model_flags],
             capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"train_local failed:\n{result.stderr[-2000:]}")
@@ -122,12 +123,15 @@ def main(argv=None) -> int:
         rows["train_local_1_worker"] = end_to_end(args.corpus, 1, args.steps, args.warmup, flags)
         rows[f"train_local_{args.workers}_workers"] = end_to_end(args.corpus, args.workers, args.steps,
                                                                  args.warmup, flags)
+        if cores > 1:
+            rows[f"train_local_1_worker_{cores}_blas_threads"] = end_to_end(
+                args.corpus, 1, args.steps, args.warmup, flags, blas_threads=cores)
     torch_rate = pytorch(*shape, vocab, args.steps, args.warmup, cores)
     if torch_rate is not None:
         rows[f"pytorch_{cores}_threads"] = torch_rate
-        best = rows.get(f"train_local_{args.workers}_workers", {}).get("chars_per_s")
-        if best:
-            rows["ratio_train_local_to_pytorch"] = best / torch_rate
+        for name, value in list(rows.items()):
+            if name.startswith("train_local") and isinstance(value, dict):
+                value["ratio_to_pytorch"] = value["chars_per_s"] / torch_rate
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -138,7 +142,8 @@ def main(argv=None) -> int:
         elif isinstance(value, dict) and "chars_per_s" in value:
             print(f"{name:32s} {value['chars_per_s']:12,.0f} chars/s  step {value['step_s'] * 1000:.0f} ms  "
                   f"overhead {value['overhead_share'] * 100:.1f}% ({value['overhead_ms']:.0f} ms)  "
-                  f"peak RSS coordinator {value['coordinator_rss_mb']} MB, worker {value['worker_rss_mb']} MB")
+                  f"peak RSS coordinator {value['coordinator_rss_mb']} MB, worker {value['worker_rss_mb']} MB"
+                  + (f"  {value['ratio_to_pytorch']:.2f}x PyTorch" if "ratio_to_pytorch" in value else ""))
     return 0
 
 

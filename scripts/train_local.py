@@ -20,6 +20,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes; 0 trains in this process (default: cores = %(default)s)")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="BLAS threads per worker process; workers x threads should not exceed the "
+                             "cores (default: %(default)s)")
     parser.add_argument("--liveness", type=float, default=10.0,
                         help="seconds of silence before a worker is declared dead (default: %(default)s)")
     parser.add_argument("--plot-every", type=int, default=100,
