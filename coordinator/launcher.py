@@ -79,7 +79,11 @@ def train_in_process(args) -> int:
     while not run.done and not stop:
         started = time.monotonic()
         loss, norm = local_step(run.state, run.corpus, gradients)
-        line = run.record_step(loss, norm, time.monotonic() - started, workers=0)
+        try:
+            line = run.record_step(loss, norm, time.monotonic() - started, workers=0)
+        except (FloatingPointError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         progress.step(f"step {run.state.step}/{run.target_steps} epoch {line['epoch']:.3f} loss {loss:.4f} "
                       f"chars/s {line['chars_per_s']:.0f} workers 0", run.state.step, run.target_steps,
                       loss, line["chars_per_s"])

@@ -157,14 +157,14 @@ class Coordinator:
             if self.stopping:
                 self.log(f"{self.stopping}: writing checkpoint at step {self.run.state.step} and stopping")
                 self.run.checkpoint()
-            self.run.finish(completed=not self.stopping)
             reason = "training finished" if self.run.done else f"coordinator stopped ({self.stopping})"
             for worker in list(self.server.workers.values()):
                 self._send(worker.token, Message("stop", {"reason": reason}))
+            self.run.finish(completed=not self.stopping)     # may wait for the last validation
             self.log(f"{reason} at step {self.run.state.step}; checkpoint {self.run.checkpoint_path}; "
                      f"peak RSS {peak_rss_mb():.0f} MB")
             return 0
-        except CheckpointError as error:
+        except (CheckpointError, FloatingPointError, OSError) as error:
             self.log(f"error: {error}")
             return 1
         finally:

@@ -78,8 +78,15 @@ class TrainingRun:
                 "chars_per_s": chars / step_seconds if step_seconds > 0 else None,
                 "elapsed_s": round(self.elapsed(), 3), **extra}
         self._append_metrics(line)
-        if self.done or self.state.step % self.checkpoint_every == 0:
+        if self.done:
             self.checkpoint()
+        elif self.state.step % self.checkpoint_every == 0:
+            try:
+                self.checkpoint()
+            except OSError as error:      # a full disk must not kill a run: the next one may fit
+                self.log(f"error: could not write {self.checkpoint_path} ({error}); the previous "
+                         f"checkpoint is intact, training goes on and retries in "
+                         f"{self.checkpoint_every} steps. Free some disk space.")
         self._collect_validation()
         if self.eval_every and (self.done or self.state.step % self.eval_every == 0):
             self.validator.start(self.state)

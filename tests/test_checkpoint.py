@@ -85,3 +85,27 @@ def test_history_keeps_the_last_three(tmp_path):
         save_checkpoint(str(tmp_path / "checkpoint.npz"), state)
     assert sorted(os.listdir(tmp_path / "history")) == [
         "checkpoint-000000002.npz", "checkpoint-000000003.npz", "checkpoint-000000004.npz"]
+
+
+def test_a_full_disk_at_a_periodic_checkpoint_does_not_stop_training(tmp_path, monkeypatch):
+    from model import run as run_module
+    from model.config import Config
+    from model.training import ChunkGradients, local_step
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(generated_text(3000), encoding="utf-8")
+    logged = []
+    training = run_module.TrainingRun(Config(hidden=8, chunks=3, seq_len=10, dtype="float64"), str(corpus),
+                                      str(tmp_path / "run"), steps=4, checkpoint_every=1, log=logged.append)
+    real_save = run_module.save_checkpoint
+
+    def full_disk(path, state, keep=3):
+        if state.step == 2:
+            raise OSError(28, "No space left on device")
+        real_save(path, state, keep)
+    monkeypatch.setattr(run_module, "save_checkpoint", full_disk)
+    gradients = ChunkGradients(training.state.layout, training.state.params.dtype)
+    for _ in range(4):
+        loss, norm = local_step(training.state, training.corpus, gradients)
+        training.record_step(loss, norm, 0.1)
+    assert any("No space left on device" in line and "training goes on" in line for line in logged)
+    assert load_state(str(tmp_path / "run" / "checkpoint.npz")).step == 4
