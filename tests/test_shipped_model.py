@@ -1,0 +1,36 @@
+"""The shipped saves/shakespeare.npz loads, samples and evaluates (no retraining)."""
+import json
+import os
+
+import numpy as np
+
+from model.checkpoint import load_model
+from tests import processes as procs
+
+SHIPPED = os.path.join(procs.ROOT, "saves", "shakespeare.npz")
+
+
+def test_shipped_model_loads_with_its_meta():
+    meta, params = load_model(SHIPPED)
+    assert meta["format"] == "charlstm-model/1" and meta["layers"] == 2 and meta["hidden"] == 512
+    assert len(meta["vocab"]) == 65 and meta["val_fraction"] == 0.1
+    assert params.dtype == np.float32 and np.isfinite(params).all()
+    assert os.path.getsize(SHIPPED) < 10_000_000
+
+
+def test_sample_without_a_checkpoint_uses_the_shipped_model():
+    result = procs.run_script("sample.py", "--length", 300, "--seed", 1, "--temperature", 0.5)
+    text = result.stdout
+    assert len(text) == 301
+    words = [w for w in text.split() if w.isalpha()]
+    common = {"the", "and", "to", "of", "I", "you", "my", "a", "that", "in", "is", "not", "me", "with"}
+    assert sum(w in common for w in words) >= 5, text      # it writes English-like text
+
+
+def test_shipped_model_evaluates(tmp_path):
+    text = tmp_path / "speech.txt"
+    text.write_text("KING RICHARD II:\nNow is the winter of our discontent, my lord, and the king "
+                    "shall have his crown.\n", encoding="utf-8")
+    figures = json.loads(procs.run_script("evaluate.py", "--text", text, "--json").stdout)
+    assert figures["chars"] == len(text.read_text()) - 1
+    assert figures["nats_per_char"] < 2.5          # a trained model, far below uniform's 4.17
