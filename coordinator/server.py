@@ -76,9 +76,10 @@ class ParameterServer:
 
     # roster -------------------------------------------------------------------------------
     def register(self, identity: bytes, name: str, now: float) -> int:
-        """A new incarnation: any earlier registration from the same socket is dropped first."""
+        """A new incarnation: any earlier registration from the same socket is forgotten; its
+        unfinished groups become orphaned_work(), which the caller dispatches after welcoming."""
         for old in [t for t, w in self.workers.items() if w.identity == identity]:
-            self.drop(old)
+            del self.workers[old]
         token = next(self._tokens)
         self.workers[token] = WorkerRecord(token, identity, name, now)
         return token

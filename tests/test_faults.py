@@ -48,9 +48,9 @@ def test_stalled_worker_is_fenced_and_comes_back(corpus, tmp_path):
             if worker.poll() is None:
                 worker.send_signal(signal.SIGCONT)
         procs.stop_all(coordinator, *pool)
-    log = log_of(save_dir)
-    assert "unknown or stale token" in log or "refused push" in log      # its late words were refused
-    assert procs.metrics(save_dir)[-1]["workers"] == 2                   # and it got work again
+    # a stalled worker notices its own silence and registers afresh; whatever it might still send
+    # with its old token is refused (tested with a hand-driven peer in the hostile-input drill)
+    assert procs.metrics(save_dir)[-1]["workers"] == 2                   # it got work again
     assert [m["step"] for m in procs.metrics(save_dir)] == list(range(1, 41))
     reference = str(tmp_path / "reference")
     procs.train(corpus, reference, "--steps", 40, "--workers", 0, "--hidden", "48")
@@ -121,6 +121,8 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
         assert fake.expect("ack")["status"] == "duplicate"
         rss_after = rss_kb(coordinator.pid)
         fake.send(encode(Message("bye", {"token": welcome["token"]})))
+        fake.send(push)                                    # late words with a revoked token: fenced
+        assert fake.expect("reject")["reregister"] is True
         pool = [procs.spawn("worker", "--connect", endpoint) for _ in range(2)]
         assert coordinator.wait(120) == 0
     finally:
@@ -131,7 +133,7 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
     logged = len(re.findall(r"^(dropped|refused) ", log, re.M))
     suppressed = sum(int(n) for n in re.findall(r"\.\.\. (\d+) similar lines suppressed", log))
     total = int(re.search(r"(\d+) invalid or refused messages in this run", log).group(1))
-    assert total == logged + suppressed >= sent + 2
+    assert total == logged + suppressed >= sent + 3
     assert logged < 200, "the log must be rate-limited"
     assert rss_after - rss_before < 50_000, f"RSS grew by {rss_after - rss_before} kB"
     assert [m["step"] for m in procs.metrics(save_dir)] == [1, 2, 3, 4]

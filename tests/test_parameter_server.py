@@ -108,3 +108,18 @@ def test_learning_rate_decay_is_per_epoch_after_k():
     config = Config(lr=1e-3, lr_decay=0.5, lr_decay_after=2)
     assert [config.lr_at(e) for e in range(5)] == [1e-3, 1e-3, 1e-3, 5e-4, 2.5e-4]
     assert Config().lr_at(100) == Config().lr
+
+
+def test_a_worker_registering_again_mid_step_gets_its_groups_back():
+    """Seen in a real run: a re-registration from the same socket while its group was in flight
+    must leave that group dispatchable, or the step never completes."""
+    corpus, config, server = setup()
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
+    items = {i.token: i for i in server.start_step()}
+    b2 = server.register(b"b", "b", 0.0)
+    moved = server.orphaned_work()
+    assert len(moved) == 1 and moved[0].chunks == items[b].chunks and moved[0].token in (a, b2)
+    for item in [items[a], *moved]:
+        assert server.accept_push(item.token, 0, item.chunks, compute_push(server, item, computer))[0] == "accepted"
+    assert server.in_flight.complete and b2 in server.workers and b not in server.workers

@@ -113,7 +113,7 @@ class Worker:
                         pending.append(self._submit(message))
                     elif cmd == "reject":
                         self.reject_log(f"worker {self.name}: coordinator refused: {message['reason']}")
-                        if message["reregister"]:
+                        if message["reregister"] and token is not None:   # once, not per refusal
                             token = None
                             transmit(Message("register", {"name": self.name}))
                     elif cmd == "stop":
