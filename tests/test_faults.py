@@ -135,7 +135,9 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
     total = int(re.search(r"(\d+) invalid or refused messages in this run", log).group(1))
     assert total == logged + suppressed >= sent + 3
     assert logged < 200, "the log must be rate-limited"
-    assert rss_after - rss_before < 50_000, f"RSS grew by {rss_after - rss_before} kB"
+    # ~1,250 of the sets carry a full gradient (~26 KB): ~33 MB passes through the socket queues,
+    # which the high-water mark bounds; growth well beyond that would mean something is kept
+    assert rss_after - rss_before < 100_000, f"RSS grew by {rss_after - rss_before} kB"
     assert [m["step"] for m in procs.metrics(save_dir)] == [1, 2, 3, 4]
     print(f"{sent} malformed frame sets, {total} rejections, 0 crashes; RSS {rss_before} -> {rss_after} kB")
 
