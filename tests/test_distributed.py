@@ -79,18 +79,19 @@ def test_a_killed_worker_does_not_change_the_result(corpus, tmp_path, seed):
     rng = random.Random(seed)
     kill_after, delay = rng.randint(1, 8), rng.uniform(0.0, 0.03)
     save_dir = str(tmp_path / "killed")
-    coordinator, _, pool = start_cluster(corpus, save_dir, 12, 2, "--hidden", "48")
+    coordinator, _, pool = start_cluster(corpus, save_dir, 60, 2, "--hidden", "48")
     try:
         procs.wait_for(lambda: procs.last_step(save_dir) >= kill_after, 60, f"step {kill_after}")
         time.sleep(delay)
         pool[rng.randrange(2)].send_signal(signal.SIGKILL)
+        assert procs.last_step(save_dir) < 50, "the kill must land well before the last step"
         assert coordinator.wait(120) == 0
     finally:
         procs.stop_all(coordinator, *pool)
     assert "declared dead" in open(os.path.join(save_dir, "coordinator.log")).read()
-    assert [m["step"] for m in procs.metrics(save_dir)] == list(range(1, 13))
+    assert [m["step"] for m in procs.metrics(save_dir)] == list(range(1, 61))
     same_shape = str(tmp_path / "same")
-    procs.train(corpus, same_shape, "--steps", 12, "--workers", 0, "--hidden", "48")
+    procs.train(corpus, same_shape, "--steps", 60, "--workers", 0, "--hidden", "48")
     assert relative(procs.params_of(save_dir), procs.params_of(same_shape)) < 1e-6
 
 
@@ -119,18 +120,19 @@ def test_pull_live_weights_while_training(corpus, tmp_path):
 
 def test_coordinator_killed_and_restarted_resumes_bit_identically(corpus, tmp_path):
     straight = str(tmp_path / "straight")
-    procs.train(corpus, straight, "--steps", 10, "--workers", 2, "--hidden", "48")
+    procs.train(corpus, straight, "--steps", 30, "--workers", 2, "--hidden", "48")
     save_dir = str(tmp_path / "restarted")
-    coordinator, endpoint, pool = start_cluster(corpus, save_dir, 10, 2, "--hidden", "48")
+    coordinator, endpoint, pool = start_cluster(corpus, save_dir, 30, 2, "--hidden", "48")
     try:
         procs.wait_for(lambda: procs.last_step(save_dir) >= 4, 60, "step 4")
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait(10)
         killed_at = procs.last_step(save_dir)
+        assert killed_at < 25, "the kill must land well before the last step"
         import time
         restarted = time.monotonic()
         coordinator = procs.spawn("coordinator", "--bind", endpoint, "--corpus", corpus, "--save-dir", save_dir,
-                                  "--steps", 10, "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", 2,
+                                  "--steps", 30, "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", 2,
                                   *procs.SMALL, "--hidden", "48",
                                   log_path=os.path.join(save_dir, "coordinator2.log"))
         procs.wait_for(lambda: len(procs.metrics(save_dir)) > killed_at, 60, "a step after the restart")
