@@ -129,7 +129,7 @@ class LocalCluster:
         with tempfile.TemporaryDirectory(prefix="charlstm-") as scratch:
             endpoint_file = os.path.join(scratch, "endpoint")
             self.coordinator = self._spawn(
-                ["-m", "coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
+                ["-m", "coordinator", "--bind", f"ipc://{scratch}/coordinator", "--endpoint-file", endpoint_file,
                  "--liveness", str(self.args.liveness), "--min-workers", str(self.args.workers),
                  *training_argv(self.args)],
                 stdout=subprocess.PIPE, text=True, bufsize=1)

@@ -4,7 +4,9 @@ import pytest
 
 from model.config import Config
 from model.corpus import build_vocab, make_corpus, resolve_chunk_len, split_point
-from model.optim import clip_by_global_norm, rmsprop
+from concurrent.futures import ThreadPoolExecutor
+
+from model.optim import clip_scale, global_norm, rmsprop
 from tests.conftest import generated_text
 
 TINY_SHAKESPEARE_CHARS = 1_115_394
@@ -56,10 +58,30 @@ def test_rmsprop_step_by_hand():
     np.testing.assert_allclose(new_p, p - 0.01 * g / (np.sqrt(expected_v) + 1e-8), rtol=1e-15)
 
 
-def test_clip_by_global_norm():
+def test_clip_scale_and_global_norm():
     g = np.array([3.0, 4.0])
-    assert clip_by_global_norm(g, 1.0) == pytest.approx(5.0)
-    np.testing.assert_allclose(g, [0.6, 0.8])
-    g = np.array([3.0, 4.0])
-    clip_by_global_norm(g, 0.0)
-    np.testing.assert_allclose(g, [3.0, 4.0])
+    assert global_norm(g) == pytest.approx(5.0)
+    assert clip_scale(5.0, 1.0) == pytest.approx(0.2)
+    assert clip_scale(5.0, 0.0) == 1.0 and clip_scale(0.5, 1.0) == 1.0
+
+
+def test_rmsprop_scaled_gradient_equals_scaling_first():
+    rng = np.random.default_rng(0)
+    p, v, g = rng.normal(size=1000), rng.random(1000), rng.normal(size=1000)
+    v_scaled = v.copy()
+    expected = rmsprop(p, v, g * 0.03, lr=0.01, rho=0.9, eps=1e-8)
+    got = rmsprop(p, v_scaled, g, lr=0.01, rho=0.9, eps=1e-8, grad_scale=0.03)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    np.testing.assert_allclose(v_scaled, v, rtol=1e-12)
+
+
+def test_rmsprop_split_over_threads_is_bit_identical():
+    rng = np.random.default_rng(1)
+    p, v, g = (rng.normal(size=10_001).astype(np.float32) for _ in range(3))
+    v = np.abs(v)
+    v_threaded = v.copy()
+    one = rmsprop(p, v, g, lr=0.01, rho=0.9, eps=1e-8, grad_scale=0.5)
+    with ThreadPoolExecutor(3) as executor:
+        split = rmsprop(p, v_threaded, g, lr=0.01, rho=0.9, eps=1e-8, grad_scale=0.5,
+                        executor=executor, parts=3)
+    assert np.array_equal(one, split) and np.array_equal(v, v_threaded)
