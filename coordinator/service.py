@@ -23,7 +23,8 @@ class Coordinator:
         self.max_message_bytes = max_message_bytes
         self.log = log
         self.reject_log = RateLimitedLog(log)
-        self.context = zmq.Context()
+        # two I/O threads: the parameters go to two workers at once instead of one after the other
+        self.context = zmq.Context(io_threads=2)
         self.curve_server = curve_server
         self.socket, self.endpoint = bind_router(self.context, bind, max_message_bytes, curve_server)
         config = run.state.config
