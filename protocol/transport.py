@@ -70,12 +70,20 @@ def connect_dealer(context: zmq.Context, endpoint: str, curve_client=None) -> zm
     return socket
 
 
-def send(socket: zmq.Socket, message: Message, identity: bytes | None = None) -> None:
-    """Large arrays go zero-copy: the caller must not modify them afterwards."""
+def send(socket: zmq.Socket, message: Message, identity: bytes | None = None,
+         track: bool = False) -> zmq.MessageTracker | None:
+    """Large arrays go zero-copy: the caller must not modify them until ZeroMQ is done with
+    them. With track=True the returned tracker says when that is (its .done), so the caller
+    can reuse the arrays' memory instead of allocating (and page-faulting) new megabytes."""
     frames = encode(message)
+    tracker = None
+    if track:
+        frames = frames[:2] + [zmq.Frame(f, track=True) for f in frames[2:]]
+        tracker = zmq.MessageTracker(*frames[2:])
     if identity is not None:
         frames = [identity, *frames]
     socket.send_multipart(frames, copy=False)
+    return tracker
 
 
 def receive(socket: zmq.Socket, routed: bool, dims: dict | None, max_message_bytes: int,

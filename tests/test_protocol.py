@@ -116,3 +116,26 @@ def test_seeded_fuzz_decode_refuses_every_malformed_set():
         frames = malformed(rng, good, DIMS)
         with pytest.raises(ProtocolError):
             decode(frames, DIMS)
+
+
+@pytest.mark.timeout(20)
+def test_tracked_send_says_when_the_arrays_may_be_reused(tmp_path):
+    import zmq
+    from protocol.transport import poll, receive, send
+    context = zmq.Context()
+    try:
+        sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+        sender.bind(f"ipc://{tmp_path}/pair")
+        receiver.connect(f"ipc://{tmp_path}/pair")
+        grad = np.ones(4_000_000, np.float32)                 # larger than the socket buffers
+        push = Message("push", {"token": 1, "step": 0, "chunks": [0], "loss": 1.0, "compute_s": 0.1},
+                       {"grad": grad, "h": np.zeros((1, 1, 2), np.float32), "c": np.zeros((1, 1, 2), np.float32)})
+        tracker = send(sender, push, track=True)
+        assert not tracker.done                                # 16 MB cannot all be written yet
+        assert poll([receiver], 10)
+        _, message = receive(receiver, False, None, 1 << 30, print)
+        assert message.arrays["grad"].sum() == grad.size
+        tracker.wait(10)
+        assert tracker.done
+    finally:
+        context.destroy(linger=0)

@@ -20,12 +20,13 @@ class WorkerCompute:
         self.dims = {"P": self.layout.total, "S": config["layers"], "W": config["hidden"],
                      "T": config["seq_len"], "float": self.dtype.str}
 
-    def compute(self, work: Message) -> Message:
+    def compute(self, work: Message, grad_out: np.ndarray | None = None) -> Message:
+        """grad_out: a (P,) buffer to reuse for the gradient, or None for a fresh one."""
         started = time.perf_counter()
         arrays = work.arrays
         masks = dropout_masks(self.config, work["step"], work["chunks"], self.dtype)
         loss, grad, h_last, c_last = self.gradients.compute(
-            arrays["params"], arrays["inputs"], arrays["targets"], arrays["h"], arrays["c"], masks)
+            arrays["params"], arrays["inputs"], arrays["targets"], arrays["h"], arrays["c"], masks, grad_out)
         return Message("push", {"token": work["token"], "step": work["step"], "chunks": work["chunks"],
                                 "loss": loss, "compute_s": time.perf_counter() - started},
                        {"grad": grad, "h": h_last, "c": c_last})

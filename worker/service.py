@@ -8,6 +8,7 @@ import socket as pysocket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
 import zmq
 
 from protocol import Message
@@ -35,6 +36,9 @@ class Worker:
         self.compute_key = None
         self.stopping = None
         self.steps_done = 0
+        # gradients handed to zero-copy sends, with their trackers: a fresh 12.8 MB vector per
+        # step cost ~3,400 page faults inside the compute, so one ZeroMQ is done with is reused
+        self.sent_grads: list[tuple[np.ndarray, zmq.MessageTracker]] = []
 
     def request_stop(self, signum, _frame) -> None:
         self.stopping = signal.Signals(signum).name
@@ -77,7 +81,9 @@ class Worker:
 
         def transmit(message: Message) -> None:
             nonlocal last_sent
-            send(socket, message)
+            tracker = send(socket, message, track=message.cmd == "push")
+            if tracker is not None:
+                self.sent_grads = [*self.sent_grads[-1:], (message.arrays["grad"], tracker)]
             last_sent = time.monotonic()
 
         transmit(Message("register", {"name": self.name}))
@@ -135,8 +141,15 @@ class Worker:
         if key != self.compute_key:
             self.compute, self.compute_key = WorkerCompute(config, vocab), key
 
+    def _reusable_grad(self) -> np.ndarray | None:
+        for k, (grad, tracker) in enumerate(self.sent_grads):
+            if tracker.done and grad.shape == (self.compute.layout.total,) and grad.dtype == self.compute.dtype:
+                del self.sent_grads[k]
+                return grad
+        return None
+
     def _submit(self, work: Message) -> Future:
-        future = self.executor.submit(self.compute.compute, work)
+        future = self.executor.submit(self.compute.compute, work, self._reusable_grad())
         future.add_done_callback(self._wake)
         return future
 
