@@ -179,16 +179,12 @@ class ParameterServer:
         if flight is None or not flight.complete:
             raise RuntimeError("finish_step called before every chunk's contribution arrived")
         groups = sorted(flight.received)
-        grads = [flight.received[g].grad for g in groups]
-        grad_sum = grads[0] + grads[1] if len(grads) > 1 else grads[0].copy()   # one pass, no copy
-        for grad in grads[2:]:
-            grad_sum += grad
         new_h, new_c = self.state.chunk_h.copy(), self.state.chunk_c.copy()
         for group in groups:
             new_h[:, list(group)] = flight.received[group].h
             new_c[:, list(group)] = flight.received[group].c
         loss_sum = sum(flight.received[g].loss for g in groups)
-        norm = self.state.apply_gradient(grad_sum, new_h, new_c)
+        norm = self.state.apply_gradient([flight.received[g].grad for g in groups], new_h, new_c)
         self.in_flight = None
         self.recently_accepted = {(token, flight.step, group) for group, token in flight.accepted_from.items()}
         return {"loss": loss_sum / self.state.predictions_per_step, "grad_norm": norm,

@@ -3,18 +3,44 @@
 The coordinator runs this while every worker waits for the new parameters, so it is on the
 critical path of each step: the mean over predictions and the clipping factor are folded into
 RMSprop's coefficients (no separate pass scales the gradient), and the element-wise passes can
-be split over threads (numpy releases the GIL; each element sees the same operations, so the
-result does not depend on the split)."""
+be split over threads (numpy releases the GIL)."""
 from __future__ import annotations
 
 from concurrent.futures import Executor
+import math
 
 import numpy as np
 
+# The vector is cut into a fixed number of spans, whatever the number of threads, so the norm's
+# partial sums (and hence every result) do not depend on the machine's core count.
+SPANS = 4
 
-def global_norm(grad: np.ndarray) -> float:
-    """L2 norm as one BLAS dot in the gradient's own dtype: no float64 copy of megabytes."""
-    return float(np.sqrt(np.dot(grad, grad)))
+
+def _spans(size: int) -> list[slice]:
+    bounds = np.linspace(0, size, SPANS + 1).astype(int)
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _run(executor: Executor | None, work, spans: list[slice]) -> list:
+    if executor is None:
+        return [work(span) for span in spans]
+    return [future.result() for future in [executor.submit(work, span) for span in spans]]
+
+
+def summed_gradient(grads: list[np.ndarray], out: np.ndarray,
+                    executor: Executor | None = None) -> tuple[np.ndarray, float]:
+    """The sum of grads, added in the order given (into out, unless there is only one), and
+    its L2 norm; each span is summed and squared while it is still in cache."""
+    grad = grads[0] if len(grads) == 1 else out
+
+    def work(span: slice) -> float:
+        if len(grads) > 1:
+            np.add(grads[0][span], grads[1][span], out=out[span])
+            for other in grads[2:]:
+                out[span] += other[span]
+        part = grad[span]
+        return float(np.dot(part, part))    # one BLAS dot in the gradient's own dtype
+    return grad, math.sqrt(sum(_run(executor, work, _spans(grad.size))))
 
 
 def clip_scale(norm: float, clip: float) -> float:
@@ -24,7 +50,7 @@ def clip_scale(norm: float, clip: float) -> float:
 
 def rmsprop(param: np.ndarray, param_rms: np.ndarray, grad: np.ndarray, lr: float, rho: float,
             eps: float, scratch: np.ndarray | None = None, grad_scale: float = 1.0,
-            executor: Executor | None = None, parts: int = 1) -> np.ndarray:
+            executor: Executor | None = None) -> np.ndarray:
     """With g = grad_scale * grad: v = rho*v + (1-rho)*g*g (in place on param_rms); returns the
     new p = p - lr*g/(sqrt(v)+eps).
 
@@ -47,12 +73,5 @@ def rmsprop(param: np.ndarray, param_rms: np.ndarray, grad: np.ndarray, lr: floa
         out /= s
         np.subtract(param[span], out, out=out)
 
-    bounds = np.linspace(0, param.size, max(1, parts) + 1).astype(int)
-    spans = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    if executor is None or len(spans) == 1:
-        for span in spans:
-            update(span)
-    else:
-        for future in [executor.submit(update, span) for span in spans]:
-            future.result()
+    _run(executor, update, _spans(param.size))
     return new_param

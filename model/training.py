@@ -11,12 +11,12 @@ import numpy as np
 from . import lstm
 from .config import Config
 from .corpus import Corpus
-from .optim import clip_scale, global_norm, rmsprop
+from .optim import clip_scale, rmsprop, summed_gradient
 from .params import ParamLayout, init_params
 
 
 # Every worker waits while the optimizer runs; its passes are memory-bound and split well:
-# 8.6 -> 5.6 ms for the default model with 2 threads on our 2-core machine.
+# RMSprop 8.6 -> 5.6 ms for the default model with 2 threads on our 2-core machine.
 UPDATE_THREADS = min(4, os.cpu_count() or 1)
 THREADED_UPDATE_MIN_SIZE = 1 << 20
 
@@ -40,6 +40,7 @@ class TrainState:
     step: int = 0
     extra_meta: dict = field(default_factory=dict)
     _scratch: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _grad_sum: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def layout(self) -> ParamLayout:
@@ -60,18 +61,19 @@ class TrainState:
     def param_views(self) -> dict[str, np.ndarray]:
         return self.layout.views(self.params)
 
-    def apply_gradient(self, grad_sum: np.ndarray, chunk_h: np.ndarray, chunk_c: np.ndarray) -> float:
-        """One optimizer step from the gradient of the summed loss over every chunk's window
-        (left unchanged), and the chunks' new carried states. Returns the
-        gradient's global norm before clipping."""
-        norm = global_norm(grad_sum) / self.predictions_per_step      # of the mean gradient
+    def apply_gradient(self, grads: list[np.ndarray], chunk_h: np.ndarray, chunk_c: np.ndarray) -> float:
+        """One optimizer step from the gradients of the summed loss over every chunk's window
+        (summed in the order given; left unchanged), and the chunks' new carried states.
+        Returns the mean gradient's global norm before clipping."""
+        executor = _update_executor() if self.params.size >= THREADED_UPDATE_MIN_SIZE else None
         if self._scratch is None or self._scratch.shape != self.params.shape:
-            self._scratch = np.empty_like(self.params)
-        parts = UPDATE_THREADS if self.params.size >= THREADED_UPDATE_MIN_SIZE else 1
-        self.params = rmsprop(self.params, self.params_rms, grad_sum, self.config.lr_at(self.epoch),
+            self._scratch, self._grad_sum = np.empty_like(self.params), np.empty_like(self.params)
+        grad, norm = summed_gradient(grads, self._grad_sum, executor)
+        norm /= self.predictions_per_step
+        self.params = rmsprop(self.params, self.params_rms, grad, self.config.lr_at(self.epoch),
                               self.config.rho, self.config.eps, self._scratch,
                               grad_scale=clip_scale(norm, self.config.clip) / self.predictions_per_step,
-                              executor=_update_executor() if parts > 1 else None, parts=parts)
+                              executor=executor)
         self.step += 1
         if self.step_in_epoch == 0:     # a new epoch starts every chunk from a zero state
             self.chunk_h = np.zeros_like(self.chunk_h)
@@ -133,5 +135,5 @@ def local_step(state: TrainState, corpus: Corpus, gradients: ChunkGradients) -> 
     masks = dropout_masks(state.config, state.step, range(state.config.chunks), state.params.dtype)
     loss_sum, grad, h_last, c_last = gradients.compute(
         state.params, inputs, targets, state.chunk_h, state.chunk_c, masks)
-    norm = state.apply_gradient(grad, h_last, c_last)
+    norm = state.apply_gradient([grad], h_last, c_last)
     return loss_sum / state.predictions_per_step, norm

@@ -6,7 +6,7 @@ from model.config import Config
 from model.corpus import build_vocab, make_corpus, resolve_chunk_len, split_point
 from concurrent.futures import ThreadPoolExecutor
 
-from model.optim import clip_scale, global_norm, rmsprop
+from model.optim import clip_scale, rmsprop, summed_gradient
 from tests.conftest import generated_text
 
 TINY_SHAKESPEARE_CHARS = 1_115_394
@@ -58,9 +58,14 @@ def test_rmsprop_step_by_hand():
     np.testing.assert_allclose(new_p, p - 0.01 * g / (np.sqrt(expected_v) + 1e-8), rtol=1e-15)
 
 
-def test_clip_scale_and_global_norm():
-    g = np.array([3.0, 4.0])
-    assert global_norm(g) == pytest.approx(5.0)
+def test_summed_gradient_and_clip_scale():
+    a, b, c = np.array([3.0, 0.0, 1.0]), np.array([0.0, 4.0, -1.0]), np.array([0.0, 0.0, 0.0])
+    out = np.full(3, np.nan)
+    grad, norm = summed_gradient([a, b, c], out)
+    assert grad is out and norm == pytest.approx(5.0)
+    np.testing.assert_array_equal(out, [3.0, 4.0, 0.0])
+    grad, norm = summed_gradient([a], out)
+    assert grad is a and norm == pytest.approx(np.sqrt(10.0))
     assert clip_scale(5.0, 1.0) == pytest.approx(0.2)
     assert clip_scale(5.0, 0.0) == 1.0 and clip_scale(0.5, 1.0) == 1.0
 
@@ -75,13 +80,16 @@ def test_rmsprop_scaled_gradient_equals_scaling_first():
     np.testing.assert_allclose(v_scaled, v, rtol=1e-12)
 
 
-def test_rmsprop_split_over_threads_is_bit_identical():
+def test_optimizer_step_over_threads_is_bit_identical():
     rng = np.random.default_rng(1)
-    p, v, g = (rng.normal(size=10_001).astype(np.float32) for _ in range(3))
+    p, v, g1, g2 = (rng.normal(size=10_001).astype(np.float32) for _ in range(4))
     v = np.abs(v)
     v_threaded = v.copy()
-    one = rmsprop(p, v, g, lr=0.01, rho=0.9, eps=1e-8, grad_scale=0.5)
+    grad, norm = summed_gradient([g1, g2], np.empty_like(p))
+    one = rmsprop(p, v, grad, lr=0.01, rho=0.9, eps=1e-8, grad_scale=0.5)
     with ThreadPoolExecutor(3) as executor:
-        split = rmsprop(p, v_threaded, g, lr=0.01, rho=0.9, eps=1e-8, grad_scale=0.5,
-                        executor=executor, parts=3)
+        grad_t, norm_t = summed_gradient([g1, g2], np.empty_like(p), executor)
+        split = rmsprop(p, v_threaded, grad_t, lr=0.01, rho=0.9, eps=1e-8, grad_scale=0.5,
+                        executor=executor)
+    assert norm == norm_t and np.array_equal(grad, grad_t)
     assert np.array_equal(one, split) and np.array_equal(v, v_threaded)
