@@ -6,7 +6,7 @@ i, f, o = sigmoid, g = tanh; c' = f*c + i*g; h' = o*tanh(c'). Head: logits = h_t
 
 Speed: the input projection of a whole window is one gather (layer 0, one-hot input) or
 one matrix product (layers above) before the time loop; the four gates are one product
-with W_h per step (see RecurrentProduct for how it is cut); weight gradients are single
+with W_h per step (recurrent.py cuts it for speed); weight gradients are single
 large products after the loop; the time loops write into preallocated buffers with out=
 so they make no temporaries.
 """
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .recurrent import RecurrentProduct
+
 
 def sigmoid_(x: np.ndarray) -> None:
     """In-place logistic sigmoid through tanh: no overflow, one transcendental."""
@@ -23,39 +25,6 @@ def sigmoid_(x: np.ndarray) -> None:
     np.tanh(x, out=x)
     x *= 0.5
     x += 0.5
-
-
-# OpenBLAS multiplies without packing its operands when M*N*K <= 1e6 (its "small matrix"
-# kernel). A per-step recurrent product has M = chunks in the batch (12-25): packing the
-# 4 MB W_h every step dominates it. Cut into column blocks under that size, the same
-# product ran 1.7x (forward) and 2.7x (backward, W_h.T) faster at M=13 on our machine.
-SMALL_KERNEL_MNK = 1_000_000
-BLOCK_WIDTHS = (32, 16)     # narrower blocks measured slower than one packed product
-MIN_STEPS_FOR_BLOCKS = 16   # re-laying out W costs about one product; amortise it
-
-
-class RecurrentProduct:
-    """out = rows @ W for one W and many (M, K) row batches, as one stacked numpy matmul
-    over contiguous column blocks of W, written straight into out's columns."""
-
-    def __init__(self, W: np.ndarray, rows: int, steps: int):
-        K, N = W.shape
-        self.width = 0
-        if steps >= MIN_STEPS_FOR_BLOCKS:
-            self.width = next((w for w in BLOCK_WIDTHS
-                               if N % w == 0 and N > w and rows * w * K <= SMALL_KERNEL_MNK), 0)
-        if self.width:
-            self.W = np.ascontiguousarray(W.reshape(K, N // self.width, self.width).transpose(1, 0, 2))
-        else:
-            self.W = np.ascontiguousarray(W)                    # (K, N); a transposed view is slow
-
-    def __call__(self, rows: np.ndarray, out: np.ndarray) -> None:
-        if self.width:
-            M, N = out.shape
-            blocks = out.reshape(M, N // self.width, self.width).transpose(1, 0, 2)  # (N/w, M, w)
-            np.matmul(rows, self.W, out=blocks)
-        else:
-            np.matmul(rows, self.W, out=out)
 
 
 @dataclass

@@ -2,24 +2,31 @@
 import numpy as np
 import pytest
 
-from model import lstm
+from model import lstm, recurrent
 from model.params import ParamLayout, init_params
+from model.recurrent import RecurrentProduct, block_width
 
 
-@pytest.mark.parametrize("rows, K, N, steps, expected_width", [
+@pytest.mark.parametrize("rows, K, N, steps, expected", [
     (13, 512, 2048, 100, 32),     # forward, 2 workers' share of the default batch
     (25, 2048, 512, 100, 16),     # backward (W_h.T), the whole default batch
     (13, 2048, 512, 100, 32),
-    (7, 64, 40, 100, 0),          # N not a multiple of any block width: one product
+    (7, 600, 500, 100, 0),        # N not a multiple of any block width: one product
     (13, 512, 2048, 1, 0),        # sampling one step at a time: re-laying out W would not pay
     (600, 512, 2048, 100, 0),     # large batches: one packed product is efficient already
+    (13, 64, 256, 100, 0),        # a small W packs cheaply
 ])
-def test_blocked_product_equals_one_product(rows, K, N, steps, expected_width):
+def test_block_width_rule(rows, K, N, steps, expected):
+    assert block_width(rows, K, N, steps) == expected
+
+
+@pytest.mark.parametrize("rows, K, N, width", [(13, 512, 2048, 32), (25, 2048, 512, 16), (3, 64, 256, 32),
+                                               (5, 40, 48, 0)])
+def test_blocked_product_equals_one_product(rows, K, N, width):
     rng = np.random.default_rng(rows + K)
     W = rng.standard_normal((K, N))
     x = rng.standard_normal((rows, K))
-    product = lstm.RecurrentProduct(W, rows, steps)
-    assert product.width == expected_width
+    product = RecurrentProduct(W, rows, 100, width=width)
     out = np.full((rows, N), np.nan)
     product(x, out)
     np.testing.assert_allclose(out, x @ W, rtol=1e-12, atol=1e-12)
@@ -28,11 +35,32 @@ def test_blocked_product_equals_one_product(rows, K, N, steps, expected_width):
 def test_blocked_product_of_a_transposed_view():
     rng = np.random.default_rng(3)
     W = rng.standard_normal((64, 256)).astype(np.float32)
-    product = lstm.RecurrentProduct(W.T, 5, 50)
+    product = RecurrentProduct(W.T, 5, 50, width=16)
     out = np.empty((5, 64), np.float32)
     x = rng.standard_normal((5, 256)).astype(np.float32)
     product(x, out)
     np.testing.assert_allclose(out, x @ W.T, rtol=1e-5, atol=1e-5)
+
+
+def test_width_that_does_not_divide_fails_loudly():
+    with pytest.raises(ValueError, match="does not divide"):
+        RecurrentProduct(np.zeros((8, 48)), 2, 100, width=32)
+
+
+def test_the_choice_is_timed_once_per_shape_and_kept(monkeypatch):
+    calls = []
+
+    def fake_timing(W, rows, width):
+        calls.append((W.shape, rows, width))
+        return W.shape[1] == 2048                      # blocks "faster" only for the forward shape
+    monkeypatch.setattr(recurrent, "_blocks_are_faster", fake_timing)
+    monkeypatch.setattr(recurrent, "_chosen_widths", {})
+    forward, backward = np.zeros((512, 2048), np.float32), np.zeros((2048, 512), np.float32)
+    assert RecurrentProduct(forward, 13, 100).width == 32
+    assert RecurrentProduct(backward, 13, 100).width == 0
+    assert RecurrentProduct(forward, 13, 100).width == 32
+    assert RecurrentProduct(forward, 13, 1).width == 0          # no candidate: nothing to time
+    assert calls == [((512, 2048), 13, 32), ((2048, 512), 13, 32)]
 
 
 def problem(hidden=64, steps=20, batch=3, vocab=9, layers=2):
@@ -53,19 +81,26 @@ def gradient(layout, flat, inputs, targets, h0, c0):
     return loss, grad, h_last
 
 
-def test_loss_and_grad_same_with_blocks_and_without(monkeypatch):
+@pytest.fixture
+def blocks_everywhere(monkeypatch):
+    """Small test models take the blocked path whatever the timing says."""
+    monkeypatch.setattr(recurrent, "MIN_WEIGHTS_FOR_BLOCKS", 0)
+    monkeypatch.setattr(recurrent, "_measured_width", lambda W, rows, candidate: candidate)
+    assert RecurrentProduct(np.zeros((64, 256)), 3, 20).width == 32
+    assert RecurrentProduct(np.zeros((256, 64)), 3, 20).width == 32
+
+
+def test_loss_and_grad_same_with_blocks_and_without(blocks_everywhere, monkeypatch):
     args = problem()
-    assert lstm.RecurrentProduct(np.zeros((64, 256)), 3, 20).width > 0      # the blocked path runs
-    assert lstm.RecurrentProduct(np.zeros((256, 64)), 3, 20).width > 0
     blocked = gradient(*args)
-    monkeypatch.setattr(lstm, "MIN_STEPS_FOR_BLOCKS", 10 ** 9)
+    monkeypatch.setattr(recurrent, "MIN_STEPS_FOR_BLOCKS", 10 ** 9)
     plain = gradient(*args)
     assert abs(blocked[0] - plain[0]) < 1e-12 * abs(plain[0])
     np.testing.assert_allclose(blocked[1], plain[1], rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(blocked[2], plain[2], rtol=1e-12, atol=1e-14)
 
 
-def test_sampled_gradient_check_on_the_blocked_path_float64():
+def test_sampled_gradient_check_on_the_blocked_path_float64(blocks_everywhere):
     layout, flat, inputs, targets, h0, c0 = problem()
     _, grad, _ = gradient(layout, flat, inputs, targets, h0, c0)
     rng = np.random.default_rng(5)
@@ -81,3 +116,13 @@ def test_sampled_gradient_check_on_the_blocked_path_float64():
             view[k] = saved
             numeric = (plus - minus) / 2e-5
             assert abs(numeric - analytic[k]) <= 1e-6 * max(1.0, abs(numeric)), (name, k)
+
+
+def test_timing_on_this_machine_picks_a_valid_form():
+    W = np.random.default_rng(0).standard_normal((512, 2048)).astype(np.float32)
+    width = RecurrentProduct(W, 13, 100).width
+    assert width in (0, 32)
+    x = np.ones((13, 512), np.float32)
+    out = np.empty((13, 2048), np.float32)
+    RecurrentProduct(W, 13, 100)(x, out)
+    np.testing.assert_allclose(out, x @ W, rtol=1e-5, atol=1e-4)
