@@ -42,6 +42,22 @@ print(json.dumps(sorted(times[{warmup}:])[len(times[{warmup}:]) // 2]))
     return chunks * seq_len / seconds
 
 
+def recurrent_forms(hidden, row_counts):
+    """The per-step recurrent product's form each batch size gets on this machine (column-block
+    width forward and backward; 0 = one packed product), chosen as training chooses it."""
+    code = f"""
+import json, sys, numpy as np
+sys.path.insert(0, {_paths.ROOT!r})
+from model.recurrent import RecurrentProduct
+W = np.random.default_rng(0).standard_normal(({hidden}, {4 * hidden})).astype(np.float32)
+print(json.dumps({{rows: [RecurrentProduct(W, rows, 100).width, RecurrentProduct(W.T, rows, 100).width]
+                  for rows in {sorted(set(row_counts))}}}))
+"""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    return json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                     check=True).stdout)
+
+
 def end_to_end(corpus, workers, steps, warmup, model_flags, blas_threads=1):
     """Median chars/s and overhead share of train_local; peak RSS from the processes' own reports."""
     with tempfile.TemporaryDirectory() as save_dir:
@@ -114,7 +130,8 @@ def main(argv=None) -> int:
     rows = {"machine": f"{cores} cores, {os.uname().machine}",
             "config": dict(zip(("layers", "hidden", "chunks", "seq_len"), shape), vocab=vocab, dtype="float32"),
             "in_process_1_thread": in_process(*shape, vocab, args.steps, args.warmup, 1),
-            f"in_process_{cores}_threads": in_process(*shape, vocab, args.steps, args.warmup, cores)}
+            f"in_process_{cores}_threads": in_process(*shape, vocab, args.steps, args.warmup, cores),
+            "recurrent_block_widths": recurrent_forms(args.hidden, [args.chunks, -(-args.chunks // args.workers)])}
     if not args.skip_end_to_end:
         if not os.path.exists(args.corpus):
             raise SystemExit(f"error: {args.corpus} not found; run scripts/fetch_data.py or pass --corpus")
@@ -136,6 +153,8 @@ def main(argv=None) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"machine: {rows['machine']}; config: {rows['config']}")
+    print("recurrent products, forward/backward column-block width by rows (0 = one product): "
+          + ", ".join(f"{rows_}: {f}/{b}" for rows_, (f, b) in rows["recurrent_block_widths"].items()))
     for name, value in rows.items():
         if isinstance(value, float):
             print(f"{name:32s} {value:12,.2f}" + (" chars/s" if "ratio" not in name else ""))
