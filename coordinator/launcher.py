@@ -73,7 +73,8 @@ def train_in_process(args) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    gradients = ChunkGradients(run.state.layout, run.state.params.dtype)
+    gradients = ChunkGradients(run.state.layout, run.state.params.dtype,
+                               run.state.config.blocked_recurrence)
     if run.done:
         run.checkpoint()
     while not run.done and not stop:

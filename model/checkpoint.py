@@ -186,3 +186,10 @@ def model_arrays(meta: dict, params: np.ndarray, dtype: str) -> dict[str, np.nda
         arrays[f"param/{name}"] = view.astype(dtype)
     return arrays
 
+
+
+def export_model(source: str, out: str, dtype: str = "float16") -> dict:
+    """Writes a model-only file from a checkpoint or best.npz; returns the source's meta."""
+    meta, params = load_model(source)
+    write_npz_atomic(out, model_arrays(meta, params, dtype), compressed=True)
+    return meta

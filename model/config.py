@@ -1,33 +1,46 @@
-"""Training configuration: one frozen dataclass, printed at start and stored in every checkpoint."""
+"""Training configuration: one frozen dataclass, printed at start and stored in every checkpoint.
+
+Each field is declared once, here, with its default and its help text; the command-line flags
+(model/cli.py), the checkpoint's meta and the resume check are derived from these fields."""
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DTYPES = ("float32", "float64")
+RECURRENT_FORMS = ("auto", "blocks", "single")
 
 # Fields that fix the shape of the parameters or of the data; a resumed run may not change them.
 ARCHITECTURE_FIELDS = ("layers", "hidden", "seq_len", "chunks", "chunk_len", "val_fraction", "dtype")
 
 
+def _field(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class Config:
-    layers: int = 2
-    hidden: int = 512
-    seq_len: int = 100          # TBPTT window: k1 = k2 = seq_len
-    chunks: int = 25
-    chunk_len: int = 0          # 0: the largest multiple of seq_len that fits (resolved by the corpus)
-    val_fraction: float = 0.0
-    lr: float = 1e-3
-    rho: float = 0.95
-    eps: float = 1e-8
-    clip: float = 5.0           # global L2 norm of the mean gradient; 0 disables
-    dtype: str = "float32"
-    seed: int = 1337
-    dropout: float = 0.0        # inverted dropout on each layer's output h (training only)
-    lr_decay: float = 1.0       # lr is multiplied by this once per epoch ...
-    lr_decay_after: int = 0     # ... for every epoch completed beyond this many
+    layers: int = _field(2, "LSTM layers")
+    hidden: int = _field(512, "units per layer")
+    seq_len: int = _field(100, "TBPTT window, k1 = k2")
+    chunks: int = _field(25, "chunks the training text is cut into, trained as one batch")
+    chunk_len: int = _field(0, "characters per chunk; 0 = the largest multiple of --seq-len that fits")
+    val_fraction: float = _field(0.0, "held-out tail of the corpus for validation")
+    lr: float = _field(1e-3, "RMSprop learning rate")
+    rho: float = _field(0.95, "RMSprop decay")
+    eps: float = _field(1e-8, "RMSprop epsilon")
+    clip: float = _field(5.0, "clip the mean gradient's global L2 norm to this; 0 disables")
+    dtype: str = _field("float32", "float32 for speed, float64 for checks", DTYPES)
+    seed: int = _field(1337, "initialisation (and dropout mask) seed")
+    dropout: float = _field(0.0, "inverted dropout on each layer's output during training")
+    lr_decay: float = _field(1.0, "multiply the learning rate by this once per epoch ...")
+    lr_decay_after: int = _field(0, "... for each epoch completed beyond this many")
+    recurrent_form: str = _field(
+        "auto", "how every process computes the per-step recurrent product: 'blocks' (column "
+        "blocks, fast where OpenBLAS has its AVX-512 small-matrix kernel), 'single' (one product), "
+        "or 'auto' (decided once per run from the coordinator's CPU, then kept in the checkpoint). "
+        "The two forms differ in the last bits, so one run uses one form everywhere", RECURRENT_FORMS)
 
     def __post_init__(self) -> None:
         problems = []
@@ -39,14 +52,25 @@ class Config:
                             f"{self.seq_len} (got {self.chunk_len})")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
-        if self.lr <= 0 or not 0.0 <= self.rho < 1.0 or self.eps <= 0 or self.clip < 0:
-            problems.append("need lr > 0, 0 <= rho < 1, eps > 0 and clip >= 0")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.lr_decay <= 1.0 or self.lr_decay_after < 0:
+        if not (self.lr > 0 and 0.0 <= self.rho < 1.0 and self.eps > 0 and self.clip >= 0
+                and self.lr < float("inf") and self.clip < float("inf")):
+            problems.append("need finite lr > 0, 0 <= rho < 1, eps > 0 and clip >= 0")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 < self.lr_decay <= 1.0 and self.lr_decay_after >= 0):
             problems.append("need 0 <= dropout < 1, 0 < lr_decay <= 1 and lr_decay_after >= 0")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype must be one of {DTYPES} (got {self.dtype!r})")
+        for name in ("dtype", "recurrent_form"):
+            choices = self.choices(name)
+            if getattr(self, name) not in choices:
+                problems.append(f"{name} must be one of {choices} (got {getattr(self, name)!r})")
         if problems:
             raise ValueError("invalid config: " + "; ".join(problems))
+
+    @staticmethod
+    def fields() -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(Config)
+
+    @staticmethod
+    def choices(name: str) -> tuple:
+        return next(f.metadata["choices"] for f in Config.fields() if f.name == name)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -56,11 +80,19 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in cls.fields()}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def describe(self) -> str:
         return "config " + json.dumps(self.to_dict(), sort_keys=False)
+
+    @property
+    def blocked_recurrence(self) -> bool:
+        """Whether the recurrent products use column blocks; 'auto' must be resolved first."""
+        if self.recurrent_form == "auto":
+            raise ValueError("recurrent_form 'auto' must be resolved before training "
+                             "(model.recurrent.resolve_form)")
+        return self.recurrent_form == "blocks"
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of an epoch: a pure function of the config, so resume stays exact."""

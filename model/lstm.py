@@ -48,7 +48,8 @@ def _check_inputs(params: dict, inputs: np.ndarray, h0: np.ndarray, c0: np.ndarr
         raise ValueError(f"input indices must lie in 0..{vocab - 1}")
 
 
-def _layer_forward(Z: np.ndarray, W_h: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> LayerCache:
+def _layer_forward(Z: np.ndarray, W_h: np.ndarray, h0: np.ndarray, c0: np.ndarray,
+                   blocked: bool) -> LayerCache:
     """Z (T, B, 4H) holds the input projection plus bias; it becomes the activated gates."""
     T, B, H4 = Z.shape
     H = H4 // 4
@@ -58,7 +59,7 @@ def _layer_forward(Z: np.ndarray, W_h: np.ndarray, h0: np.ndarray, c0: np.ndarra
     hiddens[0], cells[0] = h0, c0
     recurrent = np.empty((B, H4), dtype=Z.dtype)
     input_times_cell = np.empty((B, H), dtype=Z.dtype)
-    recurrent_product = RecurrentProduct(W_h, B, T)
+    recurrent_product = RecurrentProduct(W_h, B, T, blocked)
     for t in range(T):
         z = Z[t]                                            # (B, 4H)
         recurrent_product(hiddens[t], recurrent)
@@ -75,7 +76,7 @@ def _layer_forward(Z: np.ndarray, W_h: np.ndarray, h0: np.ndarray, c0: np.ndarra
 
 
 def _layer_backward(cache: LayerCache, W_h: np.ndarray, dH: np.ndarray,
-                    dh_last: np.ndarray, dc_last: np.ndarray):
+                    dh_last: np.ndarray, dc_last: np.ndarray, blocked: bool):
     """dH (T, B, H): loss gradient w.r.t. h_1..h_T from above. Returns dZ (T, B, 4H), dh_0, dc_0."""
     gates, cells, tanh_cells = cache.gates, cache.cells, cache.tanh_cells
     T, B, H4 = gates.shape
@@ -86,7 +87,7 @@ def _layer_backward(cache: LayerCache, W_h: np.ndarray, dH: np.ndarray,
     dc = dc_last.astype(gates.dtype, copy=True)
     scratch = np.empty((B, H), dtype=gates.dtype)
     slope = np.empty((B, H4), dtype=gates.dtype)
-    recurrent_product = RecurrentProduct(W_h.T, B, T)      # (4H, H)
+    recurrent_product = RecurrentProduct(W_h.T, B, T, blocked)      # (4H, H)
     for t in range(T - 1, -1, -1):
         g_t, dz = gates[t], dZ[t]
         i, f, g, o = g_t[:, :H], g_t[:, H:2 * H], g_t[:, 2 * H:3 * H], g_t[:, 3 * H:]
@@ -117,8 +118,10 @@ def _layer_output(cache: LayerCache, masks, layer: int) -> np.ndarray:
     return hiddens if masks is None else hiddens * masks[layer]
 
 
-def forward(params: dict, inputs: np.ndarray, h0: np.ndarray, c0: np.ndarray, masks=None):
-    """inputs (B, T) int; h0, c0 (L, B, H); masks None or (L, T, B, H) dropout multipliers.
+def forward(params: dict, inputs: np.ndarray, h0: np.ndarray, c0: np.ndarray, masks=None,
+            blocked: bool = False):
+    """inputs (B, T) int; h0, c0 (L, B, H); masks None or (L, T, B, H) dropout multipliers;
+    blocked: the recurrent products in column blocks (Config.recurrent_form).
     Returns logits (T, B, V) and the layer caches."""
     _check_inputs(params, inputs, h0, c0)
     layers = h0.shape[0]
@@ -132,7 +135,7 @@ def forward(params: dict, inputs: np.ndarray, h0: np.ndarray, c0: np.ndarray, ma
         else:
             Z = (_layer_output(below, masks, layer - 1).reshape(T * B, -1) @ W_x).reshape(T, B, -1)
         Z += b
-        below = _layer_forward(Z, W_h, h0[layer], c0[layer])
+        below = _layer_forward(Z, W_h, h0[layer], c0[layer], blocked)
         caches.append(below)
     H = h0.shape[2]
     logits = _layer_output(below, masks, layers - 1).reshape(T * B, H) @ params["head.W"]  # (T*B, V)
@@ -163,13 +166,13 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray):
 
 
 def loss_and_grad(params: dict, grads: dict, inputs: np.ndarray, targets: np.ndarray,
-                  h0: np.ndarray, c0: np.ndarray, masks=None):
+                  h0: np.ndarray, c0: np.ndarray, masks=None, blocked: bool = False):
     """Summed loss over all B*T predictions and its gradient, written into `grads` (views
     shaped like params). masks: None or (L, T, B, H) dropout multipliers on each layer's
-    output. Returns (loss_sum, h_T, c_T, dh_0, dc_0)."""
+    output; blocked as in forward. Returns (loss_sum, h_T, c_T, dh_0, dc_0)."""
     if targets.shape != inputs.shape:
         raise ValueError(f"targets {targets.shape} and inputs {inputs.shape} differ in shape")
-    logits, caches = forward(params, inputs, h0, c0, masks)
+    logits, caches = forward(params, inputs, h0, c0, masks, blocked)
     loss_sum, dlogits = cross_entropy(logits, targets)
     T, B, V = dlogits.shape
     layers, _, H = h0.shape
@@ -185,7 +188,8 @@ def loss_and_grad(params: dict, grads: dict, inputs: np.ndarray, targets: np.nda
         cache = caches[layer]
         W_x = params[f"lstm{layer}.W_x"]
         dZ, dh0[layer], dc0[layer] = _layer_backward(
-            cache, params[f"lstm{layer}.W_h"], dH, np.zeros((B, H), h0.dtype), np.zeros((B, H), h0.dtype))
+            cache, params[f"lstm{layer}.W_h"], dH, np.zeros((B, H), h0.dtype), np.zeros((B, H), h0.dtype),
+            blocked)
         dZ_flat = dZ.reshape(T * B, 4 * H)
         np.matmul(cache.hiddens[:-1].reshape(T * B, H).T, dZ_flat, out=grads[f"lstm{layer}.W_h"])
         np.sum(dZ_flat, axis=0, out=grads[f"lstm{layer}.b"])
@@ -203,7 +207,7 @@ def loss_and_grad(params: dict, grads: dict, inputs: np.ndarray, targets: np.nda
 
 def _scatter_rows(out: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     """out[r] = sum of values[k] with rows[k] == r: the one-hot input's W_x gradient, as one
-    (V, T*B) @ (T*B, 4H) product (measured ~8x faster than sort + add.reduceat)."""
+    (V, T*B) @ (T*B, 4H) product, which measured faster than sort + add.reduceat."""
     onehot = np.zeros((rows.size, out.shape[0]), dtype=values.dtype)
     onehot[np.arange(rows.size), rows] = 1
     np.matmul(onehot.T, values, out=out)

@@ -11,8 +11,19 @@ import time
 from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
 from .config import Config
 from .corpus import make_corpus, read_corpus
+from .recurrent import resolve_form
 from .training import TrainState, new_state
 from .validation import Validator
+
+
+DEFAULT_EPOCHS = 50
+
+
+def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) -> int:
+    """The step a run trains to: --steps, else --epochs (default DEFAULT_EPOCHS) in steps."""
+    if steps is not None:
+        return steps
+    return round((DEFAULT_EPOCHS if epochs is None else epochs) * steps_per_epoch)
 
 
 class TrainingRun:
@@ -24,6 +35,8 @@ class TrainingRun:
         text = read_corpus(corpus_path)
         self.corpus, config = make_corpus(text, config)
         state = None if fresh else load_latest_state(save_dir, log)
+        config = config.replace(recurrent_form=resolve_form(
+            config.recurrent_form, state.config.recurrent_form if state else None))
         if state is None:
             state = new_state(config, self.corpus)
         else:
@@ -31,9 +44,7 @@ class TrainingRun:
             state.config = config
             log(f"resuming from {self.checkpoint_path} at step {state.step} (epoch {state.epoch})")
         self.state: TrainState = state
-        if steps is None:
-            steps = round((50 if epochs is None else epochs) * self.corpus.steps_per_epoch)
-        self.target_steps = steps
+        self.target_steps = target_steps(steps, epochs, self.corpus.steps_per_epoch)
         if eval_every is None:
             eval_every = self.corpus.steps_per_epoch if self.corpus.val_text.size > 1 else 0
         if eval_every and self.corpus.val_text.size < 2:

@@ -116,16 +116,18 @@ class ChunkGradients:
     The gradient goes into `out` when given (every element is written), else into a fresh
     vector: the caller knows whether an earlier one is still in a socket's zero-copy queue."""
 
-    def __init__(self, layout: ParamLayout, dtype):
+    def __init__(self, layout: ParamLayout, dtype, blocked: bool = False):
         self.layout = layout
         self.dtype = np.dtype(dtype)
+        self.blocked = blocked      # Config.blocked_recurrence: the same in every process of a run
 
     def compute(self, params: np.ndarray, inputs, targets, h0, c0, masks=None, out=None):
         """Returns (loss_sum, grad_sum (P,), h_T, c_T) for inputs/targets (B, T), states (L, B, H),
         optional dropout masks (L, T, B, H)."""
         grad = np.empty(self.layout.total, dtype=self.dtype) if out is None else out
         loss_sum, h_last, c_last, _, _ = lstm.loss_and_grad(
-            self.layout.views(params), self.layout.views(grad), inputs, targets, h0, c0, masks)
+            self.layout.views(params), self.layout.views(grad), inputs, targets, h0, c0, masks,
+            self.blocked)
         return loss_sum, grad, h_last, c_last
 
 

@@ -6,7 +6,7 @@ import sys
 
 import _paths  # noqa: F401
 
-from model.checkpoint import CheckpointError, load_model, model_arrays, write_npz_atomic
+from model.checkpoint import CheckpointError, export_model
 
 
 def main(argv=None) -> int:
@@ -19,8 +19,7 @@ def main(argv=None) -> int:
                              "(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        meta, params = load_model(args.checkpoint)
-        write_npz_atomic(args.out, model_arrays(meta, params, args.dtype), compressed=True)
+        meta = export_model(args.checkpoint, args.out, args.dtype)
     except (CheckpointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

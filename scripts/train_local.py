@@ -1,7 +1,9 @@
-"""Train on this machine: one coordinator and --workers worker processes on a free loopback port.
+"""Train on this machine: one coordinator and --workers worker processes on a local socket.
 
 Resumes from <save-dir>/checkpoint.npz unless --fresh. Ctrl-C or SIGTERM leaves a checkpoint
-and no stray processes. --workers 0 trains in this one process (the reference path)."""
+and no stray processes. --workers 0 trains in this one process (the reference path).
+--recipe FILE takes every flag from a recipe (saves/shakespeare.recipe.json makes the shipped
+model) and, once the run has reached its target, exports the best checkpoint where it says."""
 import os
 import sys
 
@@ -13,11 +15,14 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 
 from coordinator.launcher import LocalCluster, train_in_process  # noqa: E402
-from model.cli import add_training_arguments  # noqa: E402
+from model.checkpoint import CheckpointError, export_model, load_model  # noqa: E402
+from model.cli import RecipeError, add_training_arguments, load_recipe  # noqa: E402
+from model.run import target_steps  # noqa: E402
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser.add_argument("--recipe", help="JSON recipe whose flags become the defaults (see saves/README.md)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes; 0 trains in this process (default: cores = %(default)s)")
     parser.add_argument("--blas-threads", type=int, default=1,
@@ -29,12 +34,48 @@ def main(argv=None) -> int:
                         help="refresh <save-dir>/curves.html every N steps; 0 = never (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     add_training_arguments(parser)
+    return parser
+
+
+def export_if_finished(args, out: str) -> int:
+    """After a recipe's run: the best validation checkpoint (else the last one) becomes `out`."""
+    try:
+        meta, _ = load_model(os.path.join(args.save_dir, "checkpoint.npz"))
+        target = target_steps(args.steps, args.epochs, int(meta["steps_per_epoch"]))
+        if meta["step"] < target:
+            print(f"stopped at step {meta['step']} of {target}; run the same command again to "
+                  f"resume, and {out} is written when the run is complete", file=sys.stderr)
+            return 0
+        best = os.path.join(args.save_dir, "best.npz")
+        source = best if os.path.exists(best) else os.path.join(args.save_dir, "checkpoint.npz")
+        exported = export_model(source, out)
+    except (CheckpointError, OSError, KeyError) as error:
+        print(f"error: could not export the recipe's model: {error}", file=sys.stderr)
+        return 1
+    best_loss = meta.get("best_val_loss")
+    print(f"wrote {out} from {source} (step {exported['step']}"
+          + (f", validation {best_loss:.4f} nats/char" if best_loss is not None else "") + ")",
+          file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    recipe = None
+    known, _ = parser.parse_known_args(argv)
+    if known.recipe:
+        try:
+            recipe = load_recipe(known.recipe, parser)
+        except RecipeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be >= 0")
-    if args.workers == 0:
-        return train_in_process(args)
-    return LocalCluster(args).run()
+    code = train_in_process(args) if args.workers == 0 else LocalCluster(args).run()
+    if code == 0 and recipe and recipe.get("export"):
+        code = export_if_finished(args, recipe["export"])
+    return code
 
 
 if __name__ == "__main__":

@@ -47,20 +47,25 @@ def test_width_that_does_not_divide_fails_loudly():
         RecurrentProduct(np.zeros((8, 48)), 2, 100, width=32)
 
 
-def test_the_choice_is_timed_once_per_shape_and_kept(monkeypatch):
-    calls = []
-
-    def fake_timing(W, rows, width):
-        calls.append((W.shape, rows, width))
-        return W.shape[1] == 2048                      # blocks "faster" only for the forward shape
-    monkeypatch.setattr(recurrent, "_blocks_are_faster", fake_timing)
-    monkeypatch.setattr(recurrent, "_chosen_widths", {})
+def test_the_form_follows_the_run_setting_never_timing():
     forward, backward = np.zeros((512, 2048), np.float32), np.zeros((2048, 512), np.float32)
-    assert RecurrentProduct(forward, 13, 100).width == 32
-    assert RecurrentProduct(backward, 13, 100).width == 0
-    assert RecurrentProduct(forward, 13, 100).width == 32
-    assert RecurrentProduct(forward, 13, 1).width == 0          # no candidate: nothing to time
-    assert calls == [((512, 2048), 13, 32), ((2048, 512), 13, 32)]
+    assert RecurrentProduct(forward, 13, 100, blocked=True).width == 32
+    assert RecurrentProduct(backward, 25, 100, blocked=True).width == 16
+    assert RecurrentProduct(forward, 13, 100, blocked=False).width == 0
+    assert RecurrentProduct(forward, 13, 1, blocked=True).width == 0     # too few steps to pay
+
+
+@pytest.mark.parametrize("coretype, expected", [("SkylakeX", "blocks"), ("Haswell", "single"),
+                                                ("Zen", "single"), ("COOPERLAKE", "blocks")])
+def test_openblas_coretype_decides_the_auto_form(monkeypatch, coretype, expected):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
+    assert recurrent.form_for_this_cpu() == expected
+
+
+def test_resolve_form_keeps_what_was_asked_or_recorded():
+    assert recurrent.resolve_form("single", recorded="blocks") == "single"
+    assert recurrent.resolve_form("auto", recorded="blocks") == "blocks"
+    assert recurrent.resolve_form("auto") in ("blocks", "single")
 
 
 def problem(hidden=64, steps=20, batch=3, vocab=9, layers=2):
@@ -75,26 +80,25 @@ def problem(hidden=64, steps=20, batch=3, vocab=9, layers=2):
     return layout, flat, inputs, targets, h0, c0
 
 
-def gradient(layout, flat, inputs, targets, h0, c0):
+def gradient(layout, flat, inputs, targets, h0, c0, blocked=True):
     grad = np.zeros_like(flat)
-    loss, h_last, *_ = lstm.loss_and_grad(layout.views(flat), layout.views(grad), inputs, targets, h0, c0)
+    loss, h_last, *_ = lstm.loss_and_grad(layout.views(flat), layout.views(grad), inputs, targets,
+                                          h0, c0, blocked=blocked)
     return loss, grad, h_last
 
 
 @pytest.fixture
 def blocks_everywhere(monkeypatch):
-    """Small test models take the blocked path whatever the timing says."""
+    """Small test models take the blocked path when the run asks for it."""
     monkeypatch.setattr(recurrent, "MIN_WEIGHTS_FOR_BLOCKS", 0)
-    monkeypatch.setattr(recurrent, "_measured_width", lambda W, rows, candidate: candidate)
-    assert RecurrentProduct(np.zeros((64, 256)), 3, 20).width == 32
-    assert RecurrentProduct(np.zeros((256, 64)), 3, 20).width == 32
+    assert RecurrentProduct(np.zeros((64, 256)), 3, 20, blocked=True).width == 32
+    assert RecurrentProduct(np.zeros((256, 64)), 3, 20, blocked=True).width == 32
 
 
-def test_loss_and_grad_same_with_blocks_and_without(blocks_everywhere, monkeypatch):
+def test_loss_and_grad_same_with_blocks_and_without(blocks_everywhere):
     args = problem()
     blocked = gradient(*args)
-    monkeypatch.setattr(recurrent, "MIN_STEPS_FOR_BLOCKS", 10 ** 9)
-    plain = gradient(*args)
+    plain = gradient(*args, blocked=False)
     assert abs(blocked[0] - plain[0]) < 1e-12 * abs(plain[0])
     np.testing.assert_allclose(blocked[1], plain[1], rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(blocked[2], plain[2], rtol=1e-12, atol=1e-14)
@@ -116,13 +120,3 @@ def test_sampled_gradient_check_on_the_blocked_path_float64(blocks_everywhere):
             view[k] = saved
             numeric = (plus - minus) / 2e-5
             assert abs(numeric - analytic[k]) <= 1e-6 * max(1.0, abs(numeric)), (name, k)
-
-
-def test_timing_on_this_machine_picks_a_valid_form():
-    W = np.random.default_rng(0).standard_normal((512, 2048)).astype(np.float32)
-    width = RecurrentProduct(W, 13, 100).width
-    assert width in (0, 32)
-    x = np.ones((13, 512), np.float32)
-    out = np.empty((13, 2048), np.float32)
-    RecurrentProduct(W, 13, 100)(x, out)
-    np.testing.assert_allclose(out, x @ W, rtol=1e-5, atol=1e-4)

@@ -7,6 +7,7 @@ import numpy as np
 
 from model.params import ParamLayout
 from model.config import Config
+from model.recurrent import resolve_form
 from model.training import ChunkGradients, dropout_masks
 from protocol import Message
 
@@ -14,9 +15,11 @@ from protocol import Message
 class WorkerCompute:
     def __init__(self, config: dict, vocab: str):
         self.config = Config.from_dict(config)
+        if self.config.recurrent_form == "auto":     # a coordinator that does not resolve it
+            self.config = self.config.replace(recurrent_form=resolve_form("auto"))
         self.layout = ParamLayout.for_model(len(vocab), config["layers"], config["hidden"])
         self.dtype = np.dtype(config["dtype"])
-        self.gradients = ChunkGradients(self.layout, self.dtype)
+        self.gradients = ChunkGradients(self.layout, self.dtype, self.config.blocked_recurrence)
         self.dims = {"P": self.layout.total, "S": config["layers"], "W": config["hidden"],
                      "T": config["seq_len"], "float": self.dtype.str}
 
