@@ -1,29 +1,31 @@
 """python -m coordinator --bind tcp://*:5555 [training flags]: the parameter server."""
-import os
+from model.threads import one_blas_thread
 
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")   # before numpy loads: the coordinator must not steal cores
+one_blas_thread()   # before numpy loads: the coordinator must not steal the workers' cores
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 from model.checkpoint import CheckpointError  # noqa: E402
 from model.cli import add_training_arguments, config_from_args  # noqa: E402
 from model.run import TrainingRun  # noqa: E402
+from protocol import HEARTBEAT_S, LIVENESS_S  # noqa: E402
 from protocol.security import CurveServer, SecurityError  # noqa: E402
-from protocol.transport import log_line  # noqa: E402
+from protocol.transport import EndpointError, log_line  # noqa: E402
 from .service import Coordinator  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__, allow_abbrev=False)
     net = parser.add_argument_group("network")
     net.add_argument("--bind", default="tcp://127.0.0.1:5555",
-                     help="ROUTER endpoint; use tcp://*:5555 to accept workers from other hosts, "
-                          "port * for any free port (default: %(default)s)")
+                     help="ROUTER endpoint, tcp://HOST:PORT or ipc://PATH; use tcp://*:5555 to accept "
+                          "workers from other hosts, port * for any free port (default: %(default)s)")
     net.add_argument("--endpoint-file", help="write the endpoint actually bound to this file once listening")
-    net.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default: %(default)s)")
-    net.add_argument("--liveness", type=float, default=10.0,
+    net.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
+                     help="heartbeat interval in seconds (default: %(default)s)")
+    net.add_argument("--liveness", type=float, default=LIVENESS_S,
                      help="seconds of silence before a worker is declared dead (default: %(default)s)")
     net.add_argument("--min-workers", type=int, default=1,
                      help="wait for this many workers before the first step, so that runs with the "
@@ -33,22 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
                           "public keys in DIR/authorized/ are admitted")
     net.add_argument("--max-message-mb", type=float, default=512,
                      help="largest message accepted, in MiB (default: %(default)s)")
+    net.add_argument("--log-every", type=int, default=1,
+                     help="a log line every N steps; 0 = none (metrics.jsonl has every step) "
+                          "(default: %(default)s)")
     add_training_arguments(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    curve = None
     try:
-        config = config_from_args(args)
-        run = TrainingRun(config, args.corpus, args.save_dir, steps=args.steps, epochs=args.epochs,
-                          fresh=args.fresh, checkpoint_every=args.checkpoint_every,
-                          eval_every=args.eval_every, log=log_line)
+        run = TrainingRun(config_from_args(args), args.corpus, args.save_dir, steps=args.steps,
+                          epochs=args.epochs, fresh=args.fresh, checkpoint_every=args.checkpoint_every,
+                          eval_every=args.eval_every, log=log_line, log_every=args.log_every)
         curve = CurveServer(args.curve_keys) if args.curve_keys else None
-        coordinator = Coordinator(run, args.bind, curve_server=curve, heartbeat_s=args.heartbeat, liveness_s=args.liveness,
+        coordinator = Coordinator(run.state, run.corpus, args.bind, curve_server=curve,
+                                  heartbeat_s=args.heartbeat, liveness_s=args.liveness,
                                   max_message_bytes=int(args.max_message_mb * 1024 * 1024),
                                   min_workers=args.min_workers)
-    except (ValueError, FileNotFoundError, CheckpointError, OSError, SecurityError) as error:
+    except (ValueError, CheckpointError, OSError, SecurityError, EndpointError) as error:
+        if curve is not None:
+            curve.stop()
         log_line(f"error: {error}")
         return 2
     if curve:
@@ -62,7 +70,7 @@ def main(argv=None) -> int:
         with open(temp, "w") as handle:
             handle.write(coordinator.endpoint)
         os.replace(temp, args.endpoint_file)
-    return coordinator.serve()
+    return run.train(coordinator)
 
 
 if __name__ == "__main__":

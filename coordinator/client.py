@@ -17,7 +17,11 @@ class PullError(Exception):
 def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tuple[dict, np.ndarray]:
     """(meta, flat params) as the coordinator has them now; PullError if it does not answer."""
     context = zmq.Context()
-    socket = connect_dealer(context, endpoint, curve_client)
+    try:
+        socket = connect_dealer(context, endpoint, curve_client)
+    except BaseException:
+        context.term()
+        raise
     try:
         send(socket, Message("pull"))
         deadline = time.monotonic() + timeout_s

@@ -1,9 +1,12 @@
-"""Local training: a coordinator plus worker processes on one machine, or one in-process loop."""
+"""Local training: a coordinator plus worker processes on one machine, or one in-process loop.
+
+This process owns the terminal: the children's output is relayed through it line by line, and
+the progress comes from <save-dir>/metrics.jsonl (structured data), never from their log text."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,45 +17,53 @@ import time
 from model.checkpoint import CheckpointError
 from model.cli import config_from_args, training_argv
 from model.curves import write_curves
-from model.run import TrainingRun
-from model.training import ChunkGradients, local_step
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEP_LINE = re.compile(r"^step (\d+)/(\d+) epoch ([\d.]+) loss ([\d.]+) chars/s (\d+) workers (\d+)")
+from model.run import InProcessSource, TrainingRun
+from model.threads import blas_thread_env
 
 
 class Progress:
-    """One line redrawn in place on a terminal; plain log lines otherwise."""
+    """One line redrawn in place on a terminal, else a plain line per step; every other message
+    goes through message(), so lines from several processes never run together."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.first_step = None
+        self.lock = threading.Lock()
+        self.first = None           # (step, time) of the first step seen
+        self.bar_shown = False
 
-    def step(self, line: str, step: int, total: int, loss: float, chars_per_s: float, extra: str = "") -> None:
+    def update(self, line: dict) -> None:
+        step, total = line["step"], line.get("target_step", line["step"])
+        chars_per_s = line.get("chars_per_s") or 0.0
         if not self.enabled:
-            print(line, flush=True)
+            self.message(f"step {step}/{total} epoch {line['epoch']:.3f} loss {line['loss']:.4f} "
+                         f"chars/s {chars_per_s:.0f} workers {line.get('workers', 0)}")
             return
-        if self.first_step is None:
-            self.first_step, self.started = step, time.monotonic()
-        done = step - self.first_step
-        rate = done / max(time.monotonic() - self.started, 1e-9)
-        eta = (total - step) / rate if rate > 0 else 0
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (step, now)
+        done, seconds = step - self.first[0], now - self.first[1]
+        eta = "--:--:--"
+        if done > 0 and seconds > 0:
+            eta = time.strftime("%H:%M:%S", time.gmtime((total - step) * seconds / done))
         width = 30
         filled = int(width * step / max(total, 1))
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {step}/{total} loss {loss:.4f} {chars_per_s:,.0f} chars/s "
-                         f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))} {extra}  ")
-        sys.stderr.flush()
+        with self.lock:
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss "
+                             f"{line['loss']:.4f} {chars_per_s:,.0f} chars/s ETA {eta} "
+                             f"workers {line.get('workers', 0)}  ")
+            sys.stderr.flush()
+            self.bar_shown = True
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-        print(text, file=sys.stderr if self.enabled else sys.stdout, flush=True)
+        with self.lock:
+            if self.bar_shown:
+                sys.stderr.write("\r\033[K")      # the message takes the bar's line; the bar returns
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.bar_shown:
             sys.stderr.write("\n")
+            self.bar_shown = False
 
 
 def refresh_curves(args, step: int) -> None:
@@ -62,41 +73,23 @@ def refresh_curves(args, step: int) -> None:
 
 def train_in_process(args) -> int:
     """The single-process reference loop: all chunks as one batch, no sockets."""
-    stop = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda s, _f: stop.append(signal.Signals(s).name))
     progress = Progress(not args.no_progress)
+
+    def on_step(line: dict) -> None:
+        progress.update(line)
+        refresh_curves(args, line["step"])
     try:
         run = TrainingRun(config_from_args(args), args.corpus, args.save_dir, steps=args.steps,
                           epochs=args.epochs, fresh=args.fresh, checkpoint_every=args.checkpoint_every,
-                          eval_every=args.eval_every, log=progress.message)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+                          eval_every=args.eval_every, log=progress.message, log_every=0, on_step=on_step)
+    except (ValueError, OSError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    gradients = ChunkGradients(run.state.layout, run.state.params.dtype,
-                               run.state.config.blocked_recurrence)
-    if run.done:
-        run.checkpoint()
-    while not run.done and not stop:
-        started = time.monotonic()
-        loss, norm = local_step(run.state, run.corpus, gradients)
-        try:
-            line = run.record_step(loss, norm, time.monotonic() - started, workers=0)
-        except (FloatingPointError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        progress.step(f"step {run.state.step}/{run.target_steps} epoch {line['epoch']:.3f} loss {loss:.4f} "
-                      f"chars/s {line['chars_per_s']:.0f} workers 0", run.state.step, run.target_steps,
-                      loss, line["chars_per_s"])
-        refresh_curves(args, run.state.step)
-    if stop:
-        run.checkpoint()
-    run.finish(completed=not stop)
+    code = run.train(InProcessSource(run.state, run.corpus))
     if args.plot_every:
         write_curves(args.save_dir)
     progress.close()
-    print(f"stopped at step {run.state.step}; checkpoint {run.checkpoint_path}", file=sys.stderr)
-    return 0
+    return code
 
 
 def _die_with_parent() -> None:
@@ -116,49 +109,66 @@ class LocalCluster:
         self.progress = Progress(not args.no_progress)
 
     def _spawn(self, argv, **kwargs) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, *argv], cwd=ROOT, preexec_fn=_die_with_parent,
-                                start_new_session=True, **kwargs)
+        """A child whose output (stdout and stderr) this process relays line by line."""
+        process = subprocess.Popen([sys.executable, *argv], preexec_fn=_die_with_parent,
+                                   start_new_session=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1, **kwargs)
+        threading.Thread(target=self._relay, args=(process,), daemon=True).start()
+        return process
+
+    def _relay(self, process: subprocess.Popen) -> None:
+        for raw in process.stdout:
+            self.progress.message(raw.rstrip("\n"))
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_requested = signal.Signals(signum).name
         if self.coordinator and self.coordinator.poll() is None:
-            self.coordinator.send_signal(signal.SIGTERM)   # it checkpoints and stops the workers
+            self.coordinator.send_signal(signum)   # it checkpoints and stops the workers
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        metrics_path = os.path.join(self.args.save_dir, "metrics.jsonl")
+        metrics_offset = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else 0
         with tempfile.TemporaryDirectory(prefix="charlstm-") as scratch:
             endpoint_file = os.path.join(scratch, "endpoint")
             self.coordinator = self._spawn(
                 ["-m", "coordinator", "--bind", f"ipc://{scratch}/coordinator", "--endpoint-file", endpoint_file,
                  "--liveness", str(self.args.liveness), "--min-workers", str(self.args.workers),
-                 *training_argv(self.args)],
-                stdout=subprocess.PIPE, text=True, bufsize=1)
+                 "--log-every", "0", *training_argv(self.args)])
             try:
                 endpoint = self._wait_for_endpoint(endpoint_file)
                 if endpoint is None:
                     return self._finish()
                 for k in range(self.args.workers):
-                    threads = str(self.args.blas_threads)
                     self.workers.append(self._spawn(["-m", "worker", "--connect", endpoint,
                                                      "--name", f"local-{k}"],
-                                                    env=dict(os.environ, OPENBLAS_NUM_THREADS=threads,
-                                                             OMP_NUM_THREADS=threads,
-                                                             MKL_NUM_THREADS=threads)))
+                                                    env=blas_thread_env(self.args.blas_threads)))
                 threading.Thread(target=self._watch_workers, daemon=True).start()
-                for raw in self.coordinator.stdout:
-                    line = raw.rstrip("\n")
-                    match = STEP_LINE.match(line)
-                    if match:
-                        step, total, _, loss, rate, alive = match.groups()
-                        self.progress.step(line, int(step), int(total), float(loss), float(rate),
-                                           f"workers {alive}")
-                        refresh_curves(self.args, int(step))
-                    else:
-                        self.progress.message(line)
+                self._follow_metrics(metrics_path, metrics_offset)
                 return self._finish()
             finally:
                 self._cleanup()
+
+    def _follow_metrics(self, path: str, offset: int) -> None:
+        """Shows each step the coordinator appends to metrics.jsonl, until it exits."""
+        pending = ""
+        while True:
+            finished = self.coordinator.poll() is not None
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as handle:
+                    handle.seek(offset)
+                    pending += handle.read()
+                    offset = handle.tell()
+            *lines, pending = pending.split("\n")
+            for text in lines:
+                line = json.loads(text)
+                if "loss" in line:
+                    self.progress.update(line)
+                    refresh_curves(self.args, line["step"])
+            if finished:
+                return
+            time.sleep(0.1)
 
     def _watch_workers(self) -> None:
         """If every worker process has died, nobody will finish the step: stop rather than hang."""

@@ -1,7 +1,8 @@
 """ParameterServer: the coordinator's logic as a plain object, with no sockets.
 
-It owns the training state (through TrainState), the roster of workers and the bookkeeping
-of the step in flight. The socket loop in service.py feeds it events and sends what it returns.
+It reads the training state (for the work it hands out), owns the roster of workers and the
+bookkeeping of the step in flight, and hands the step's contributions to the training run.
+The socket loop in service.py feeds it events and sends what it returns.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import itertools
 import numpy as np
 
 from model.corpus import Corpus
-from model.training import TrainState
+from model.training import Contribution, TrainState
+from protocol import LIVENESS_S
 
 
 @dataclass
@@ -21,15 +23,6 @@ class WorkerRecord:
     name: str
     last_heard: float
     last_sent: float = 0.0
-
-
-@dataclass
-class Contribution:
-    loss: float
-    grad: np.ndarray        # (P,)
-    h: np.ndarray           # (L, b, H)
-    c: np.ndarray           # (L, b, H)
-    compute_s: float
 
 
 @dataclass
@@ -64,7 +57,7 @@ def partition(chunks: int, parts: int) -> list[tuple[int, ...]]:
 
 
 class ParameterServer:
-    def __init__(self, state: TrainState, corpus: Corpus, liveness_s: float = 10.0):
+    def __init__(self, state: TrainState, corpus: Corpus, liveness_s: float = LIVENESS_S):
         self.state = state
         self.corpus = corpus
         self.liveness_s = liveness_s
@@ -172,21 +165,12 @@ class ParameterServer:
         flight.accepted_from[chunks] = token
         return "accepted", None
 
-    def finish_step(self) -> dict:
-        """Sums the contributions in ascending chunk order, applies the optimizer step, stores
-        the chunks' new states. Returns the step's figures for the log."""
+    def collect(self) -> dict[tuple[int, ...], Contribution]:
+        """Ends the step in flight once every group has arrived: its contributions by group.
+        Summing them and the optimizer step are the training run's (model/run.py)."""
         flight = self.in_flight
         if flight is None or not flight.complete:
-            raise RuntimeError("finish_step called before every chunk's contribution arrived")
-        groups = sorted(flight.received)
-        new_h, new_c = self.state.chunk_h.copy(), self.state.chunk_c.copy()
-        for group in groups:
-            new_h[:, list(group)] = flight.received[group].h
-            new_c[:, list(group)] = flight.received[group].c
-        loss_sum = sum(flight.received[g].loss for g in groups)
-        norm = self.state.apply_gradient([flight.received[g].grad for g in groups], new_h, new_c)
+            raise RuntimeError("collect called before every chunk's contribution arrived")
         self.in_flight = None
         self.recently_accepted = {(token, flight.step, group) for group, token in flight.accepted_from.items()}
-        return {"loss": loss_sum / self.state.predictions_per_step, "grad_norm": norm,
-                "compute_s": max(flight.received[g].compute_s for g in groups),
-                "groups": len(groups)}
+        return flight.received

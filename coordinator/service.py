@@ -1,24 +1,27 @@
-"""The coordinator's socket loop: a thin shell that feeds ParameterServer and sends its answers."""
+"""The coordinator's socket loop: a thin shell around ParameterServer that serves workers and,
+as the training run's step source, gathers every chunk's contribution to a step."""
 from __future__ import annotations
 
-import signal
 import time
 
+import numpy as np
 import zmq
 
-from model.checkpoint import CheckpointError
-from model.run import TrainingRun
-from protocol import Message
-from protocol.transport import RateLimitedLog, bind_router, log_line, peak_rss_mb, poll, receive, send
-from .server import Contribution, ParameterServer
+from model.corpus import Corpus
+from model.run import Gathered
+from model.training import Contribution, TrainState
+from protocol import HEARTBEAT_S, LIVENESS_S, Message
+from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES
+from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, log_line, peak_rss_mb,
+                                poll, receive, send)
+from .server import ParameterServer
 
 
 class Coordinator:
-    def __init__(self, run: TrainingRun, bind: str, *, heartbeat_s: float = 1.0,
-                 liveness_s: float = 10.0, max_message_bytes: int = 512 * 1024 * 1024,
+    def __init__(self, state: TrainState, corpus: Corpus, bind: str, *, heartbeat_s: float = HEARTBEAT_S,
+                 liveness_s: float = LIVENESS_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  min_workers: int = 1, curve_server=None, log=log_line):
-        self.run = run
-        self.server = ParameterServer(run.state, run.corpus, liveness_s)
+        self.server = ParameterServer(state, corpus, liveness_s)
         self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
         self.max_message_bytes = max_message_bytes
         self.log = log
@@ -26,23 +29,70 @@ class Coordinator:
         # two I/O threads: the parameters go to two workers at once instead of one after the other
         self.context = zmq.Context(io_threads=2)
         self.curve_server = curve_server
-        self.socket, self.endpoint = bind_router(self.context, bind, max_message_bytes, curve_server)
-        config = run.state.config
-        self.dims = {"P": run.state.params.size, "S": config.layers, "W": config.hidden,
-                     "T": config.seq_len, "float": run.state.params.dtype.str}
-        self.stopping = None
+        try:
+            self.socket, self.endpoint = bind_router(self.context, bind, max_message_bytes, curve_server)
+        except BaseException:
+            self.context.destroy(linger=0)
+            raise
+        config = state.config
+        self.dims = {"P": state.params.size, "L": config.layers, "H": config.hidden,
+                     "T": config.seq_len, "float": state.params.dtype.str}
         self.min_workers = min_workers      # before the first step, so the partition is reproducible
-        self.step_started = 0.0
         self.waiting_logged = 0.0
+        self.buffers = SendBuffers()
+        self.param_sends: list[zmq.MessageTracker] = []    # sends of the current parameters
+        log(f"coordinator listening on {self.endpoint}")
 
-    def request_stop(self, signum, _frame) -> None:
-        self.stopping = signal.Signals(signum).name
+    @property
+    def state(self) -> TrainState:
+        return self.server.state
+
+    # the step source ------------------------------------------------------------------------
+    def gather(self, state: TrainState, stopping) -> Gathered | None:
+        """Serves until every group of state.step has arrived (or stopping() is true: None)."""
+        while not stopping():
+            if self.server.in_flight is None and len(self.server.workers) >= self.min_workers:
+                self.min_workers = 1
+                self._dispatch(self.server.start_step())
+            if poll([self.socket], self.heartbeat_s / 4):
+                while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    identity, message = receive(self.socket, True, self.dims,
+                                                self.max_message_bytes, self.reject_log)
+                    if message is not None:
+                        self._handle(identity, message)
+                    if self.server.in_flight and self.server.in_flight.complete:
+                        contributions = self.server.collect()
+                        return Gathered(contributions, {
+                            "workers": len(self.server.workers),
+                            "compute_s": round(max(c.compute_s for c in contributions.values()), 4)})
+            self._housekeeping()
+        return None
+
+    def params_out(self, state: TrainState) -> np.ndarray:
+        """A vector no pending send is reading; the current one retires with its sends."""
+        out = self.buffers.take(state.params.shape, state.params.dtype)
+        self.buffers.retire(state.params, self.param_sends)
+        self.param_sends = []
+        return out
+
+    def close(self, reason: str) -> None:
+        for worker in list(self.server.workers.values()):
+            self._send(worker.token, Message("stop", {"reason": reason}))
+        self.reject_log.flush()
+        self.log(f"{self.reject_log.total} invalid or refused messages in this run; "
+                 f"peak RSS {peak_rss_mb():.0f} MB")
+        self.socket.close(linger=1000)
+        if self.curve_server is not None:
+            self.curve_server.stop()
+        self.context.term()
 
     # sending --------------------------------------------------------------------------------
-    def _send(self, token_or_identity, message: Message) -> None:
+    def _send(self, token_or_identity, message: Message, sends_params: bool = False) -> None:
         worker = self.server.workers.get(token_or_identity) if isinstance(token_or_identity, int) else None
         identity = worker.identity if worker else token_or_identity
-        send(self.socket, message, identity)
+        tracker = send(self.socket, message, identity, track=sends_params)
+        if sends_params:
+            self.param_sends.append(tracker)
         if worker:
             worker.last_sent = time.monotonic()
 
@@ -50,11 +100,11 @@ class Coordinator:
         for item in items:
             self._send(item.token, Message("work", {"token": item.token, "step": item.step,
                                                     "chunks": list(item.chunks)},
-                                           self.server.work_arrays(item)))
+                                           self.server.work_arrays(item)), sends_params=True)
 
     def _welcome(self, identity: bytes, name: str) -> None:
         token = self.server.register(identity, name, time.monotonic())
-        state = self.run.state
+        state = self.state
         self._send(token, Message("welcome", {
             "token": token, "config": state.config.to_dict(), "vocab": state.vocab,
             "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s}))
@@ -62,7 +112,7 @@ class Coordinator:
         self._dispatch(self.server.orphaned_work())
 
     def _model_message(self) -> Message:
-        state = self.run.state
+        state = self.state
         layout = state.layout
         return Message("model", {"step": state.step, "config": state.config.to_dict(), "vocab": state.vocab,
                                  "names": list(layout.names), "shapes": [list(s) for s in layout.shapes]},
@@ -70,12 +120,11 @@ class Coordinator:
 
     # receiving ------------------------------------------------------------------------------
     def _handle(self, identity: bytes, message: Message) -> None:
-        now = time.monotonic()
         cmd = message.cmd
         if cmd == "register":
             self._welcome(identity, message["name"])
         elif cmd == "pull":
-            send(self.socket, self._model_message(), identity)
+            self._send(identity, self._model_message(), sends_params=True)
         elif cmd in ("heartbeat", "push", "bye"):
             token = message["token"]
             worker = self.server.workers.get(token)
@@ -84,7 +133,7 @@ class Coordinator:
                 send(self.socket, Message("reject", {"reason": "unknown or expired token; register again",
                                                      "reregister": True}), identity)
                 return
-            self.server.heard_from(token, now)
+            self.server.heard_from(token, time.monotonic())
             if cmd == "push":
                 self._handle_push(token, message)
             elif cmd == "bye":
@@ -120,58 +169,3 @@ class Coordinator:
             self.log(f"waiting for workers on {self.endpoint} (start one with "
                      f"`python -m worker --connect {self.endpoint}`)")
             self.waiting_logged = now
-
-    def _finish_step(self) -> None:
-        figures = self.server.finish_step()
-        seconds = time.monotonic() - self.step_started
-        state = self.run.state
-        line = self.run.record_step(figures["loss"], figures["grad_norm"], seconds,
-                                    workers=len(self.server.workers), compute_s=round(figures["compute_s"], 4),
-                                    step_s=round(seconds, 4))
-        print(f"step {state.step}/{self.run.target_steps} epoch {line['epoch']:.3f} "
-              f"loss {figures['loss']:.4f} chars/s {line['chars_per_s']:.0f} "
-              f"workers {len(self.server.workers)}", flush=True)
-
-    def serve(self) -> int:
-        """Runs until the target step (returns 0) or a stop signal (checkpoint, returns 0)."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self.request_stop)
-        self.log(f"coordinator listening on {self.endpoint}")
-        if self.run.done:
-            self.run.checkpoint()
-        try:
-            while not self.run.done and not self.stopping:
-                if self.server.in_flight is None and len(self.server.workers) >= self.min_workers:
-                    self.min_workers = 1
-                    self.step_started = time.monotonic()
-                    self._dispatch(self.server.start_step())
-                if poll([self.socket], self.heartbeat_s / 4):
-                    while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        identity, message = receive(self.socket, True, self.dims,
-                                                    self.max_message_bytes, self.reject_log)
-                        if message is not None:
-                            self._handle(identity, message)
-                        if self.server.in_flight and self.server.in_flight.complete:
-                            self._finish_step()
-                            break
-                self._housekeeping()
-            if self.stopping:
-                self.log(f"{self.stopping}: writing checkpoint at step {self.run.state.step} and stopping")
-                self.run.checkpoint()
-            reason = "training finished" if self.run.done else f"coordinator stopped ({self.stopping})"
-            for worker in list(self.server.workers.values()):
-                self._send(worker.token, Message("stop", {"reason": reason}))
-            self.run.finish(completed=not self.stopping)     # may wait for the last validation
-            self.log(f"{reason} at step {self.run.state.step}; checkpoint {self.run.checkpoint_path}; "
-                     f"peak RSS {peak_rss_mb():.0f} MB")
-            return 0
-        except (CheckpointError, FloatingPointError, OSError) as error:
-            self.log(f"error: {error}")
-            return 1
-        finally:
-            self.reject_log.flush()
-            self.log(f"{self.reject_log.total} invalid or refused messages in this run")
-            self.socket.close(linger=1000)
-            if self.curve_server is not None:
-                self.curve_server.stop()
-            self.context.term()

@@ -41,7 +41,7 @@ def state_arrays(state: TrainState) -> dict[str, np.ndarray]:
     arrays = {"meta": _meta_array(state_meta(state))}
     for name, view in state.layout.views(state.params).items():
         arrays[f"param/{name}"] = view
-    for name, view in state.layout.views(state.params_rms).items():
+    for name, view in state.layout.views(state.square_avg).items():
         arrays[f"rmsprop/{name}"] = view
     arrays["chunks/h"] = state.chunk_h
     arrays["chunks/c"] = state.chunk_c
@@ -136,7 +136,7 @@ def load_state(path: str) -> TrainState:
     config = Config.from_dict(meta)
     dtype = np.dtype(config.dtype)
     params = _params_from(arrays, meta, "param", path, dtype)
-    params_rms = _params_from(arrays, meta, "rmsprop", path, dtype)
+    square_avg = _params_from(arrays, meta, "rmsprop", path, dtype)
     expected = (config.layers, config.chunks, config.hidden)
     chunk_h, chunk_c = arrays.get("chunks/h"), arrays.get("chunks/c")
     if chunk_h is None or chunk_c is None or chunk_h.shape != expected or chunk_c.shape != expected:
@@ -145,7 +145,7 @@ def load_state(path: str) -> TrainState:
                                                  "steps_per_epoch", "corpus_sha256"}
     return TrainState(config=config, vocab=meta["vocab"], corpus_sha256=meta["corpus_sha256"],
                       steps_per_epoch=int(meta["steps_per_epoch"]), params=params,
-                      params_rms=params_rms, chunk_h=chunk_h.astype(dtype),
+                      square_avg=square_avg, chunk_h=chunk_h.astype(dtype),
                       chunk_c=chunk_c.astype(dtype), step=int(meta["step"]),
                       extra_meta={k: v for k, v in meta.items() if k not in known})
 

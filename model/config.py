@@ -86,14 +86,6 @@ class Config:
     def describe(self) -> str:
         return "config " + json.dumps(self.to_dict(), sort_keys=False)
 
-    @property
-    def blocked_recurrence(self) -> bool:
-        """Whether the recurrent products use column blocks; 'auto' must be resolved first."""
-        if self.recurrent_form == "auto":
-            raise ValueError("recurrent_form 'auto' must be resolved before training "
-                             "(model.recurrent.resolve_form)")
-        return self.recurrent_form == "blocks"
-
     def lr_at(self, epoch: int) -> float:
         """The learning rate of an epoch: a pure function of the config, so resume stays exact."""
         return self.lr * self.lr_decay ** max(0, epoch - self.lr_decay_after)

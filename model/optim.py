@@ -1,19 +1,21 @@
-"""Gradient clipping and RMSprop on flat parameter vectors.
+"""Gradient clipping and RMSprop on flat parameter vectors, as one optimizer object.
 
-The coordinator runs this while every worker waits for the new parameters, so it is on the
-critical path of each step: the mean over predictions and the clipping factor are folded into
-RMSprop's coefficients (no separate pass scales the gradient), and the element-wise passes can
-be split over threads (numpy releases the GIL)."""
+Every worker waits while the optimizer runs, so it is on the critical path of each step: the
+mean over predictions and the clipping factor are folded into RMSprop's coefficients (no pass
+scales the gradient), and the element-wise passes are split over threads (numpy releases the
+GIL). The object owns its workspace and its threads; the run closes it."""
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 import math
+import os
 
 import numpy as np
 
 # The vector is cut into a fixed number of spans, whatever the number of threads, so the norm's
 # partial sums (and hence every result) do not depend on the machine's core count.
 SPANS = 4
+THREADED_MIN_SIZE = 1 << 20      # below this, starting threads costs more than it saves
 
 
 def _spans(size: int) -> list[slice]:
@@ -48,30 +50,59 @@ def clip_scale(norm: float, clip: float) -> float:
     return clip / norm if clip > 0 and norm > clip else 1.0
 
 
-def rmsprop(param: np.ndarray, param_rms: np.ndarray, grad: np.ndarray, lr: float, rho: float,
-            eps: float, scratch: np.ndarray | None = None, grad_scale: float = 1.0,
+def rmsprop(param: np.ndarray, square_avg: np.ndarray, grad: np.ndarray, lr: float, rho: float,
+            eps: float, *, grad_scale: float = 1.0, out: np.ndarray | None = None,
+            scratch: tuple[np.ndarray, np.ndarray] | None = None,
             executor: Executor | None = None) -> np.ndarray:
-    """With g = grad_scale * grad: v = rho*v + (1-rho)*g*g (in place on param_rms); returns the
-    new p = p - lr*g/(sqrt(v)+eps).
-
-    The new parameters are a fresh array, never an in-place update, so a version already
-    handed to a socket for a zero-copy send is never modified under it."""
-    scratch = np.empty_like(param) if scratch is None else scratch
-    new_param = np.empty_like(param)
+    """With g = grad_scale * grad: v = rho*v + (1-rho)*g*g (in place on square_avg); writes
+    p - lr*g/(sqrt(v)+eps) into out (which may be param itself; a new array when None)."""
+    out = np.empty_like(param) if out is None else out
+    denominator, step = scratch if scratch is not None else (np.empty_like(param), np.empty_like(param))
     dtype = param.dtype.type
     rms_coefficient, step_coefficient = dtype((1 - rho) * grad_scale * grad_scale), dtype(lr * grad_scale)
 
     def update(span: slice) -> None:
-        g, v, s, out = grad[span], param_rms[span], scratch[span], new_param[span]
+        g, v, d, s = grad[span], square_avg[span], denominator[span], step[span]
         v *= dtype(rho)
-        np.multiply(g, rms_coefficient, out=s)
-        s *= g
-        v += s
-        np.sqrt(v, out=s)
-        s += dtype(eps)
-        np.multiply(g, step_coefficient, out=out)
-        out /= s
-        np.subtract(param[span], out, out=out)
+        np.multiply(g, rms_coefficient, out=d)
+        d *= g
+        v += d
+        np.sqrt(v, out=d)
+        d += dtype(eps)
+        np.multiply(g, step_coefficient, out=s)
+        s /= d
+        np.subtract(param[span], s, out=out[span])
 
     _run(executor, update, _spans(param.size))
-    return new_param
+    return out
+
+
+class RMSprop:
+    """Clipping by the mean gradient's global norm, then RMSprop. square_avg (v) is updated in
+    place: it is the array the training state (and so the checkpoint) holds."""
+
+    def __init__(self, square_avg: np.ndarray, rho: float, eps: float, clip: float,
+                 threads: int | None = None):
+        self.square_avg, self.rho, self.eps, self.clip = square_avg, rho, eps, clip
+        self.grad_sum = np.empty_like(square_avg)
+        self.scratch = (np.empty_like(square_avg), np.empty_like(square_avg))
+        threads = min(SPANS, os.cpu_count() or 1) if threads is None else threads
+        self.executor = (ThreadPoolExecutor(threads, thread_name_prefix="optimizer")
+                         if threads > 1 and square_avg.size >= THREADED_MIN_SIZE else None)
+
+    def step(self, params: np.ndarray, grads: list[np.ndarray], count: int, lr: float,
+             out: np.ndarray) -> float:
+        """One step from gradients of a summed loss over `count` predictions (summed in the
+        order given, left unchanged). The new parameters go into out (params itself is fine).
+        Returns the mean gradient's global norm before clipping."""
+        grad, norm = summed_gradient(grads, self.grad_sum, self.executor)
+        norm /= count
+        rmsprop(params, self.square_avg, grad, lr, self.rho, self.eps,
+                grad_scale=clip_scale(norm, self.clip) / count, out=out, scratch=self.scratch,
+                executor=self.executor)
+        return norm
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None

@@ -1,22 +1,30 @@
-"""A training run's bookkeeping: resume or start, stop target, metrics.jsonl, checkpoints.
-
-Shared by the single-process loop and the coordinator so both resume, log and checkpoint alike."""
+"""A training run, written once: resume or start, the step loop, signals, metrics.jsonl,
+checkpoints, validation, finish. Where the gradients of a step come from is a step source:
+InProcessSource (below: every chunk in one batch, no sockets) or the coordinator's socket loop
+(coordinator/service.py). The two differ only in how the contributions are gathered."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 import json
 import math
 import os
+import signal
+import threading
 import time
+from typing import Callable, Protocol
+
+import numpy as np
 
 from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
 from .config import Config
-from .corpus import make_corpus, read_corpus
+from .corpus import Corpus, make_corpus, read_corpus
+from .optim import RMSprop
 from .recurrent import resolve_form
-from .training import TrainState, new_state
+from .training import ChunkGradients, Contribution, TrainState, new_state
 from .validation import Validator
 
-
 DEFAULT_EPOCHS = 50
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) -> int:
@@ -26,10 +34,66 @@ def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) 
     return round((DEFAULT_EPOCHS if epochs is None else epochs) * steps_per_epoch)
 
 
+@dataclass
+class Gathered:
+    """Every chunk group's contribution to one step, and figures for metrics.jsonl."""
+    contributions: dict[tuple[int, ...], Contribution]
+    figures: dict
+
+
+class StepSource(Protocol):
+    def gather(self, state: TrainState, stopping: Callable[[], bool]) -> Gathered | None:
+        """The contributions of every chunk for state.step; None if stopping() became true first."""
+
+    def params_out(self, state: TrainState) -> np.ndarray:
+        """Where the optimizer may write the new parameters."""
+
+    def close(self, reason: str) -> None:
+        """The run is over (reason says why)."""
+
+
+class InProcessSource:
+    """Every chunk as one batch in this process: the reference path."""
+
+    def __init__(self, state: TrainState, corpus: Corpus):
+        self.corpus = corpus
+        self.gradients = ChunkGradients(state.config, state.layout)
+        self.all_chunks = tuple(range(state.config.chunks))
+
+    def gather(self, state: TrainState, stopping) -> Gathered:
+        inputs, targets = self.corpus.window(state.step_in_epoch)
+        contribution = self.gradients.compute(state.params, state.step, self.all_chunks, inputs,
+                                              targets, state.chunk_h, state.chunk_c)
+        return Gathered({self.all_chunks: contribution}, {"workers": 0})
+
+    def params_out(self, state: TrainState) -> np.ndarray:
+        return state.params             # nothing else holds it: update in place
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+def apply_step(state: TrainState, optimizer: RMSprop, contributions: dict[tuple[int, ...], Contribution],
+               new_params: np.ndarray) -> tuple[float, float]:
+    """Sums the contributions in ascending chunk order (never arrival order), clips, applies
+    RMSprop into new_params and keeps the chunks' new states. Returns (mean loss, grad norm)."""
+    groups = sorted(contributions)
+    chunk_h, chunk_c = state.chunk_h.copy(), state.chunk_c.copy()       # (L, C, H)
+    for group in groups:
+        chunk_h[:, list(group)] = contributions[group].h
+        chunk_c[:, list(group)] = contributions[group].c
+    loss = sum(contributions[g].loss for g in groups) / state.predictions_per_step
+    norm = optimizer.step(state.params, [contributions[g].grad for g in groups],
+                          state.predictions_per_step, state.config.lr_at(state.epoch), out=new_params)
+    state.advance(new_params, chunk_h, chunk_c)
+    return loss, norm
+
+
 class TrainingRun:
     def __init__(self, config: Config, corpus_path: str, save_dir: str, *, steps=None,
-                 epochs=None, fresh=False, checkpoint_every=50, eval_every=None, log=print):
-        self.log = log
+                 epochs=None, fresh=False, checkpoint_every=50, eval_every=None, log=print,
+                 log_every: int = 1, on_step=None):
+        self.log, self.log_every, self.on_step = log, log_every, on_step
         self.save_dir = save_dir
         self.checkpoint_every = checkpoint_every
         text = read_corpus(corpus_path)
@@ -51,6 +115,8 @@ class TrainingRun:
             raise ValueError("--eval-every needs held-out text: set --val-fraction > 0")
         self.eval_every = eval_every
         self.validator = Validator(save_dir, corpus_path, config.val_fraction, log)
+        self.optimizer = RMSprop(state.square_avg, config.rho, config.eps, config.clip)
+        self.stop_signal: str | None = None
         self.started = time.monotonic()
         self.elapsed_before = float(state.extra_meta.get("elapsed_s", 0.0))
         log(config.describe())
@@ -78,8 +144,57 @@ class TrainingRun:
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
 
+    # the run's lifecycle, once ----------------------------------------------------------------
+    def train(self, source: StepSource) -> int:
+        """Steps until the target (0) or a stop signal (checkpoint, 0); 1 on an error that ends
+        the run (its one-line message is logged)."""
+        previous = self._catch_stop_signals()
+        reason = "error"
+        try:
+            if self.done:
+                self.checkpoint()
+            while not self.done and not self.stop_signal:
+                self.step(source)
+            if self.stop_signal:
+                self.log(f"{self.stop_signal}: writing checkpoint at step {self.state.step} and stopping")
+                self.checkpoint()
+            reason = "training finished" if self.done else f"stopped by {self.stop_signal}"
+            source.close(reason)
+            self.finish(completed=not self.stop_signal)
+            self.log(f"{reason} at step {self.state.step}; checkpoint {self.checkpoint_path}")
+            return 0
+        except (CheckpointError, FloatingPointError, OSError) as error:
+            self.log(f"error: {error}")
+            source.close(f"coordinator error: {error}")
+            return 1
+        finally:
+            self.validator.close()
+            self.optimizer.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def step(self, source: StepSource) -> None:
+        """One optimizer step: gather every chunk's contribution, apply it, record it."""
+        started = time.monotonic()
+        gathered = source.gather(self.state, lambda: self.stop_signal is not None)
+        if gathered is None:
+            return
+        loss, norm = apply_step(self.state, self.optimizer, gathered.contributions,
+                                source.params_out(self.state))
+        seconds = time.monotonic() - started
+        self.record_step(loss, norm, seconds, **gathered.figures, step_s=round(seconds, 4))
+
+    def _catch_stop_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda s, _frame: setattr(self, "stop_signal", signal.Signals(s).name))
+        return previous
+
+    # bookkeeping ------------------------------------------------------------------------------
     def record_step(self, loss: float, grad_norm: float, step_seconds: float, **extra) -> dict:
-        """After state.apply_gradient: appends the metrics line and checkpoints when due."""
+        """After a step: the metrics line, the log line, a checkpoint and a validation when due."""
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {self.state.step}; lower --lr or "
                                      f"--clip and resume from the last checkpoint")
@@ -87,8 +202,13 @@ class TrainingRun:
         line = {"step": self.state.step, "epoch": round(self.state.step / self.state.steps_per_epoch, 4),
                 "loss": loss, "grad_norm": grad_norm,
                 "chars_per_s": chars / step_seconds if step_seconds > 0 else None,
-                "elapsed_s": round(self.elapsed(), 3), **extra}
+                "elapsed_s": round(self.elapsed(), 3), "target_step": self.target_steps, **extra}
         self._append_metrics(line)
+        if self.log_every and self.state.step % self.log_every == 0:
+            self.log(f"step {self.state.step}/{self.target_steps} epoch {line['epoch']:.3f} "
+                     f"loss {loss:.4f} chars/s {line['chars_per_s'] or 0:.0f} workers {extra.get('workers', 0)}")
+        if self.on_step is not None:
+            self.on_step(line)
         if self.done:
             self.checkpoint()
         elif self.state.step % self.checkpoint_every == 0:

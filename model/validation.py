@@ -11,6 +11,7 @@ import sys
 from .checkpoint import load_model, model_arrays, state_meta, write_npz_atomic
 from .corpus import read_corpus, split_point
 from .inference import Model, evaluate
+from .threads import blas_thread_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +37,7 @@ class Validator:
             self.log(f"validation of step {self.step} still running; skipping step {state.step}")
             return
         write_npz_atomic(self.snapshot_path, model_arrays(state_meta(state), state.params, "float32"))
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        env = blas_thread_env(1)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "model.validation", self.snapshot_path, self.corpus_path,
              str(self.val_fraction)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -11,6 +11,8 @@ SIGNATURE = b"CLSTM/1"
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 16
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+HEARTBEAT_S = 1.0       # default heartbeat interval (SPEC.md, section 5)
+LIVENESS_S = 10.0       # default silence after which a peer is taken for dead
 FLOAT_DTYPES = ("<f4", "<f8")
 INDEX_DTYPE = "<i4"
 
@@ -24,7 +26,7 @@ INT, FLOAT, STR, BOOL, MAP, CHUNKS, INTS, STRS, SHAPES = (
     "int", "float", "str", "bool", "map", "chunks", "ints", "strs", "shapes")
 
 # cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
-STATE = ("S", "b", "W")
+STATE = ("L", "B", "H")
 SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]] = {
     "register": ({"name": STR}, {}),
     "heartbeat": ({"token": INT}, {}),
@@ -35,7 +37,7 @@ SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
                  "liveness_s": FLOAT}, {}),
     "work": ({"token": INT, "step": INT, "chunks": CHUNKS},
              {"params": ("float", ("P",)), "h": ("float", STATE), "c": ("float", STATE),
-              "inputs": ("index", ("b", "T")), "targets": ("index", ("b", "T"))}),
+              "inputs": ("index", ("B", "T")), "targets": ("index", ("B", "T"))}),
     "ack": ({"step": INT, "chunks": INTS, "status": STR}, {}),
     "reject": ({"reason": STR, "reregister": BOOL}, {}),
     "stop": ({"reason": STR}, {}),
@@ -112,7 +114,7 @@ def _check_array(cmd: str, name: str, array: np.ndarray, fields: dict, dims: dic
                             f"got shape {array.shape}")
     known = dict(dims or {})
     if "chunks" in fields:
-        known["b"] = len(fields["chunks"])
+        known["B"] = len(fields["chunks"])
     for axis, symbol in enumerate(symbols):
         if symbol in known and array.shape[axis] != known[symbol]:
             raise ProtocolError(f"{cmd}: array {name!r} has shape {array.shape}, axis {axis} "

@@ -5,6 +5,7 @@ import resource
 import sys
 import time
 
+import numpy as np
 import zmq
 
 from .messages import DEFAULT_MAX_MESSAGE_BYTES, Message, ProtocolError, decode, encode
@@ -46,6 +47,22 @@ class RateLimitedLog:
             self.suppressed = 0
 
 
+class EndpointError(ValueError):
+    """An endpoint that is malformed, or that cannot be bound or connected to; says which."""
+
+
+ENDPOINT_FORM = "a valid endpoint looks like tcp://HOST:PORT or ipc://PATH"
+
+
+def _endpoint_error(action: str, endpoint: str, error: zmq.ZMQError) -> EndpointError:
+    if error.errno == zmq.EADDRINUSE:
+        return EndpointError(f"cannot {action} {endpoint}: the port is already in use (another "
+                             f"coordinator?); stop that process or choose another port")
+    if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+        return EndpointError(f"cannot {action} {endpoint!r}: {ENDPOINT_FORM}")
+    return EndpointError(f"cannot {action} {endpoint}: {error.strerror}; {ENDPOINT_FORM}")
+
+
 def bind_router(context: zmq.Context, endpoint: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                 curve_server=None) -> tuple[zmq.Socket, str]:
     """Binds the coordinator's ROUTER; returns it and the endpoint actually bound (port * resolved)."""
@@ -55,7 +72,11 @@ def bind_router(context: zmq.Context, endpoint: str, max_message_bytes: int = DE
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     if curve_server is not None:
         curve_server(socket)
-    socket.bind(endpoint)
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as error:
+        socket.close(linger=0)
+        raise _endpoint_error("listen on", endpoint, error) from None
     return socket, socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
@@ -66,7 +87,11 @@ def connect_dealer(context: zmq.Context, endpoint: str, curve_client=None) -> zm
     socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     if curve_client is not None:
         curve_client(socket)
-    socket.connect(endpoint)
+    try:
+        socket.connect(endpoint)
+    except zmq.ZMQError as error:
+        socket.close(linger=0)
+        raise _endpoint_error("connect to", endpoint, error) from None
     return socket
 
 
@@ -100,6 +125,35 @@ def receive(socket: zmq.Socket, routed: bool, dims: dict | None, max_message_byt
         who = f" from peer {identity.hex()}" if identity else ""
         reject_log(f"dropped invalid message{who}: {error}")
         return identity, None
+
+
+class SendBuffers:
+    """Arrays that go out zero-copy, reused once ZeroMQ is done with them.
+
+    A zero-copy send lends ZeroMQ the array's memory until the message has left, so the array
+    must not be written meanwhile. Whoever sends a large array every step writes into an array
+    from `take` and, once it will not send that array again, hands it back with `retire` and
+    the trackers of every send of it: `take` returns an array only when all of them are done.
+    Nothing is written under a send, and no fresh megabytes are allocated (and page-faulted)
+    each step."""
+
+    def __init__(self, spare: int = 2):
+        self.spare = spare
+        self.retired: list[tuple[np.ndarray, list[zmq.MessageTracker]]] = []
+
+    def take(self, shape, dtype) -> np.ndarray:
+        shape, dtype = tuple(shape), np.dtype(dtype)
+        for k, (array, trackers) in enumerate(self.retired):
+            if array.shape == shape and array.dtype == dtype and all(t.done for t in trackers):
+                del self.retired[k]
+                return array
+        return np.empty(shape, dtype)
+
+    def retire(self, array: np.ndarray, trackers) -> None:
+        self.retired.append((array, [t for t in trackers if t is not None]))
+        free = [k for k, (_, trackers) in enumerate(self.retired) if all(t.done for t in trackers)]
+        for k in reversed(free[:-self.spare] if len(free) > self.spare else []):
+            del self.retired[k]     # more spares than anyone needs: let the memory go
 
 
 def poll(sockets, timeout_s: float) -> set:

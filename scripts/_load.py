@@ -1,7 +1,7 @@
 """Loading a model for the user-facing scripts: from a file or from a live coordinator."""
 import os
 
-import _paths  # noqa: F401
+import _paths
 
 from coordinator.client import PullError
 from model.checkpoint import CheckpointError, load_model
@@ -11,8 +11,8 @@ from protocol.security import CurveClient, SecurityError
 # Errors the scripts report as one line on stderr with exit status 2, without a traceback.
 USER_ERRORS = (ValueError, CheckpointError, OSError, PullError, SecurityError, RuntimeError)
 
-SHIPPED = os.path.join(_paths.ROOT, "saves", "shakespeare.npz")
-LATEST = os.path.join(_paths.ROOT, "saves", "checkpoint.npz")
+SHIPPED = os.path.join(_paths.SAVES, "shakespeare.npz")
+LATEST = os.path.join(_paths.SAVES, "checkpoint.npz")
 
 
 def add_model_arguments(parser) -> None:

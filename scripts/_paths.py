@@ -1,7 +1,5 @@
-"""Makes the project's packages importable when a script runs as `python scripts/X.py`."""
+"""Where the scripts find the checkout's saves/ folder (the shipped model, the corpus)."""
 import os
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+SAVES = os.path.join(ROOT, "saves")

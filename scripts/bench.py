@@ -5,7 +5,7 @@ Warm-up steps are excluded; medians over the timed steps are reported."""
 import argparse
 import json
 import os
-import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -13,73 +13,73 @@ import tempfile
 import time
 
 import _paths
+from model.threads import blas_thread_env
 
-DEFAULT_CORPUS = os.path.join(_paths.ROOT, "saves", "tinyshakespeare.txt")
+DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
 
 
-def in_process(layers, hidden, chunks, seq_len, vocab, steps, warmup, threads):
-    """Median chars/s of ChunkGradients.compute for one batch of all chunks, in a child process
-    so the BLAS thread count can be set before numpy loads."""
-    code = f"""
-import json, time, numpy as np, sys
-sys.path.insert(0, {_paths.ROOT!r})
-from model.params import ParamLayout, init_params
-from model.training import ChunkGradients
-layout = ParamLayout.for_model({vocab}, {layers}, {hidden})
-params = init_params(layout, {hidden}, 0, np.float32)
-gradients = ChunkGradients(layout, np.float32)
-rng = np.random.default_rng(0)
-x = rng.integers(0, {vocab}, ({chunks}, {seq_len})).astype(np.int32)
-state = np.zeros(({layers}, {chunks}, {hidden}), np.float32)
-times = []
-for k in range({warmup + steps}):
-    t = time.perf_counter(); gradients.compute(params, x, x, state, state); times.append(time.perf_counter() - t)
-print(json.dumps(sorted(times[{warmup}:])[len(times[{warmup}:]) // 2]))
-"""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    seconds = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                        text=True, check=True).stdout)
+def child(argv: list[str], threads: int) -> dict:
+    """Runs this script in a child process (so the BLAS thread count is set before numpy loads)
+    and returns the JSON object it prints."""
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=blas_thread_env(threads),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"bench child {argv} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def measure_in_process(layers, hidden, chunks, seq_len, vocab, steps, warmup, form) -> dict:
+    """(in the child) Median seconds of one batch of every chunk through ChunkGradients."""
+    import numpy as np
+    from model.config import Config
+    from model.params import ParamLayout, init_params
+    from model.training import ChunkGradients
+    config = Config(layers=layers, hidden=hidden, chunks=chunks, seq_len=seq_len, recurrent_form=form)
+    layout = ParamLayout.for_model(vocab, layers, hidden)
+    params = init_params(layout, hidden, 0, np.float32)
+    gradients = ChunkGradients(config, layout)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, vocab, (chunks, seq_len)).astype(np.int32)
+    state = np.zeros((layers, chunks, hidden), np.float32)
+    times = []
+    for step in range(warmup + steps):
+        started = time.perf_counter()
+        gradients.compute(params, step, range(chunks), x, x, state, state)
+        times.append(time.perf_counter() - started)
+    return {"seconds": statistics.median(times[warmup:])}
+
+
+def in_process(layers, hidden, chunks, seq_len, vocab, steps, warmup, threads, form):
+    """Median chars/s of ChunkGradients.compute for one batch of all chunks."""
+    seconds = child(["--child-in-process", json.dumps([layers, hidden, chunks, seq_len, vocab, steps,
+                                                       warmup, form])], threads)["seconds"]
     return chunks * seq_len / seconds
 
 
-def recurrent_forms(hidden, row_counts):
-    """The per-step recurrent product's form each batch size gets on this machine (column-block
-    width forward and backward; 0 = one packed product), chosen as training chooses it."""
-    code = f"""
-import json, sys, numpy as np
-sys.path.insert(0, {_paths.ROOT!r})
-from model.recurrent import RecurrentProduct
-W = np.random.default_rng(0).standard_normal(({hidden}, {4 * hidden})).astype(np.float32)
-print(json.dumps({{rows: [RecurrentProduct(W, rows, 100).width, RecurrentProduct(W.T, rows, 100).width]
-                  for rows in {sorted(set(row_counts))}}}))
-"""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    return json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                     check=True).stdout)
-
-
-def end_to_end(corpus, workers, steps, warmup, model_flags, blas_threads=1):
-    """Median chars/s and overhead share of train_local; peak RSS from the processes' own reports."""
+def measure_end_to_end(corpus, workers, steps, warmup, model_flags, blas_threads) -> dict:
+    """(in the child) Median chars/s and overhead share of train_local, from its metrics.jsonl,
+    and the peak RSS of the largest process of its tree (this child waited for nothing else)."""
     with tempfile.TemporaryDirectory() as save_dir:
         result = subprocess.run(
             [sys.executable, os.path.join(_paths.ROOT, "scripts", "train_local.py"), "--corpus", corpus,
              "--save-dir", save_dir, "--steps", str(warmup + steps), "--workers", str(workers),
-             "--checkpoint-every", "100000", "--no-progress", "--blas-threads", str(blas_threads),
-             *model_flags],
+             "--checkpoint-every", "100000", "--no-progress", "--plot-every", "0",
+             "--blas-threads", str(blas_threads), *model_flags],
             capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"train_local failed:\n{result.stderr[-2000:]}")
         with open(os.path.join(save_dir, "metrics.jsonl")) as handle:
-            lines = [json.loads(line) for line in handle][warmup:]
-    log = result.stdout + result.stderr
-    coordinator_rss = [float(v) for v in re.findall(r"checkpoint [^;]+; peak RSS (\d+) MB", log)]
-    worker_rss = [float(v) for v in re.findall(r"pushes; peak RSS (\d+) MB", log)]
+            lines = [json.loads(line) for line in handle if "loss" in line][warmup:]
     step_s = statistics.median(m["step_s"] for m in lines)
-    overhead = statistics.median((m["step_s"] - m["compute_s"]) / m["step_s"] for m in lines)
+    overhead = statistics.median((m["step_s"] - m.get("compute_s", m["step_s"])) / m["step_s"] for m in lines)
     return {"chars_per_s": statistics.median(m["chars_per_s"] for m in lines), "step_s": step_s,
             "overhead_share": overhead, "overhead_ms": overhead * step_s * 1000,
-            "coordinator_rss_mb": max(coordinator_rss, default=None),
-            "worker_rss_mb": max(worker_rss, default=None)}
+            "largest_process_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+
+
+def end_to_end(corpus, workers, steps, warmup, model_flags, blas_threads=1):
+    return child(["--child-end-to-end", json.dumps([corpus, workers, steps, warmup, model_flags,
+                                                    blas_threads])], 1)
 
 
 def pytorch(layers, hidden, chunks, seq_len, vocab, steps, warmup, threads):
@@ -109,18 +109,31 @@ def pytorch(layers, hidden, chunks, seq_len, vocab, steps, warmup, threads):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser.add_argument("--child-in-process", help=argparse.SUPPRESS)
+    parser.add_argument("--child-end-to-end", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="for the end-to-end runs (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N for the N-worker run")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--chunks", type=int, default=25)
-    parser.add_argument("--seq-len", type=int, default=100)
+    parser.add_argument("--layers", type=int, default=2, help="LSTM layers (default: %(default)s)")
+    parser.add_argument("--hidden", type=int, default=512, help="units per layer (default: %(default)s)")
+    parser.add_argument("--chunks", type=int, default=25, help="chunks per step (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=100, help="TBPTT window (default: %(default)s)")
+    parser.add_argument("--recurrent-form", choices=("auto", "blocks", "single"), default="auto",
+                        help="the recurrent product's form for every measurement (default: %(default)s, "
+                             "this CPU's rule)")
     parser.add_argument("--skip-end-to-end", action="store_true", help="only the in-process figures")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
+    if args.child_in_process:
+        print(json.dumps(measure_in_process(*json.loads(args.child_in_process))))
+        return 0
+    if args.child_end_to_end:
+        print(json.dumps(measure_end_to_end(*json.loads(args.child_end_to_end))))
+        return 0
+    from model.recurrent import resolve_form
+    form = resolve_form(args.recurrent_form)
     shape = (args.layers, args.hidden, args.chunks, args.seq_len)
     vocab = 65
     if os.path.exists(args.corpus):
@@ -129,14 +142,14 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     rows = {"machine": f"{cores} cores, {os.uname().machine}",
             "config": dict(zip(("layers", "hidden", "chunks", "seq_len"), shape), vocab=vocab, dtype="float32"),
-            "in_process_1_thread": in_process(*shape, vocab, args.steps, args.warmup, 1),
-            f"in_process_{cores}_threads": in_process(*shape, vocab, args.steps, args.warmup, cores),
-            "recurrent_block_widths": recurrent_forms(args.hidden, [args.chunks, -(-args.chunks // args.workers)])}
+            "recurrent_form": form,
+            "in_process_1_thread": in_process(*shape, vocab, args.steps, args.warmup, 1, form),
+            f"in_process_{cores}_threads": in_process(*shape, vocab, args.steps, args.warmup, cores, form)}
     if not args.skip_end_to_end:
         if not os.path.exists(args.corpus):
             raise SystemExit(f"error: {args.corpus} not found; run scripts/fetch_data.py or pass --corpus")
         flags = ["--layers", str(args.layers), "--hidden", str(args.hidden), "--chunks", str(args.chunks),
-                 "--seq-len", str(args.seq_len), "--fresh"]
+                 "--seq-len", str(args.seq_len), "--recurrent-form", form, "--fresh"]
         rows["train_local_1_worker"] = end_to_end(args.corpus, 1, args.steps, args.warmup, flags)
         rows[f"train_local_{args.workers}_workers"] = end_to_end(args.corpus, args.workers, args.steps,
                                                                  args.warmup, flags)
@@ -153,15 +166,14 @@ def main(argv=None) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"machine: {rows['machine']}; config: {rows['config']}")
-    print("recurrent products, forward/backward column-block width by rows (0 = one product): "
-          + ", ".join(f"{rows_}: {f}/{b}" for rows_, (f, b) in rows["recurrent_block_widths"].items()))
+    print(f"recurrent products: {form} (--recurrent-form auto on this CPU: {resolve_form('auto')})")
     for name, value in rows.items():
         if isinstance(value, float):
             print(f"{name:32s} {value:12,.2f}" + (" chars/s" if "ratio" not in name else ""))
         elif isinstance(value, dict) and "chars_per_s" in value:
             print(f"{name:32s} {value['chars_per_s']:12,.0f} chars/s  step {value['step_s'] * 1000:.0f} ms  "
                   f"overhead {value['overhead_share'] * 100:.1f}% ({value['overhead_ms']:.0f} ms)  "
-                  f"peak RSS coordinator {value['coordinator_rss_mb']} MB, worker {value['worker_rss_mb']} MB"
+                  f"peak RSS {value['largest_process_rss_mb']} MB (largest process)"
                   + (f"  {value['ratio_to_pytorch']:.2f}x PyTorch" if "ratio_to_pytorch" in value else ""))
     return 0
 

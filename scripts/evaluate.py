@@ -3,7 +3,6 @@ import argparse
 import json
 import sys
 
-import _paths  # noqa: F401
 from _load import USER_ERRORS, add_model_arguments, load_from_args, read_text_file
 
 from model.corpus import split_point

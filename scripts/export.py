@@ -4,14 +4,14 @@ import argparse
 import os
 import sys
 
-import _paths  # noqa: F401
+import _paths
 
 from model.checkpoint import CheckpointError, export_model
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", default=os.path.join(_paths.ROOT, "saves", "checkpoint.npz"),
+    parser.add_argument("--checkpoint", default=os.path.join(_paths.SAVES, "checkpoint.npz"),
                         help="training checkpoint or best.npz to export (default: %(default)s)")
     parser.add_argument("--out", required=True, help="the model-only .npz to write")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",

@@ -11,7 +11,7 @@ import _paths
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-DEFAULT_OUT = os.path.join(_paths.ROOT, "saves", "tinyshakespeare.txt")
+DEFAULT_OUT = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
 
 
 def main(argv=None) -> int:

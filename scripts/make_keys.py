@@ -6,7 +6,6 @@ sample.py --coordinator ... --curve-keys DIR --key-name NAME. Keep DIR private."
 import argparse
 import sys
 
-import _paths  # noqa: F401
 
 from protocol.security import SecurityError, create_keys
 

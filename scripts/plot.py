@@ -4,7 +4,6 @@ import argparse
 import os
 import sys
 
-import _paths  # noqa: F401
 
 from model.curves import moving_average, read_metrics, step_chart_svg, write_curves
 

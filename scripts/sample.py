@@ -2,7 +2,6 @@
 import argparse
 import sys
 
-import _paths  # noqa: F401
 from _load import USER_ERRORS, add_model_arguments, load_from_args
 
 from model.corpus import encode

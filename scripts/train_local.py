@@ -7,7 +7,6 @@ model) and, once the run has reached its target, exports the best checkpoint whe
 import os
 import sys
 
-import _paths  # noqa: F401
 
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")

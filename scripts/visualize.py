@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-import _paths  # noqa: F401
+import _paths
 import numpy as np
 from _load import USER_ERRORS, add_model_arguments, load_from_args, read_text_file
 from _neuron_page import index_page, neuron_section, page, write_png
@@ -14,7 +14,7 @@ from model.corpus import read_corpus, split_point
 from model.inference import QUANTITIES, activations, sample
 from model.neurons import rank_neurons
 
-DEFAULT_CORPUS = os.path.join(_paths.ROOT, "saves", "tinyshakespeare.txt")
+DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
 
 
 def default_text(model, length: int) -> str:
@@ -81,10 +81,10 @@ def main(argv=None) -> int:
         text = read_text_file(args.text) if args.text else default_text(model, args.length)
         acts = activations(model, text)
         if args.find:
-            out_dir = args.out or os.path.join(_paths.ROOT, "saves", "neurons")
+            out_dir = args.out or os.path.join(_paths.SAVES, "neurons")
             print(f"wrote {find(model, text, acts, out_dir, args.top, args.quantity)}")
             return 0
-        out = args.out or os.path.join(_paths.ROOT, "saves", "neurons.html")
+        out = args.out or os.path.join(_paths.SAVES, "neurons.html")
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         sections = []
         for neuron in args.neuron:

@@ -8,10 +8,10 @@ import sys
 import pytest
 import yaml
 
-from tests import processes as procs
-from tests.conftest import generated_text
+import helpers
+from helpers import generated_text
 
-ROOT = procs.ROOT
+ROOT = helpers.ROOT
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -54,7 +54,7 @@ def localise(argv, port, mounts):
 def service_process(service, port, mounts, extra=(), **kwargs):
     argv = localise(service["command"], port, mounts)
     assert argv[0] == "python"
-    env = dict(procs.env(), **{k: str(v) for k, v in service.get("environment", {}).items()})
+    env = dict(helpers.env(), **{k: str(v) for k, v in service.get("environment", {}).items()})
     return subprocess.Popen([sys.executable, *argv[1:], *extra], cwd=ROOT, env=env, **kwargs)
 
 
@@ -79,7 +79,7 @@ def test_services_run_as_local_processes(compose, tmp_path):
         for worker in workers:
             assert worker.wait(20) == 0
     finally:
-        procs.stop_all(coordinator, *workers)
+        helpers.stop_all(coordinator, *workers)
     assert (checkpoints / "checkpoint.npz").exists()
     # the sample service pulls from a live coordinator: run one that waits for a worker forever
     coordinator = service_process(services["coordinator"], port, mounts, ["--hidden", "16", "--chunks", "4",
@@ -92,7 +92,7 @@ def test_services_run_as_local_processes(compose, tmp_path):
         assert sampler.returncode == 0, err
         assert len(out) == 31
     finally:
-        procs.stop_all(coordinator)
+        helpers.stop_all(coordinator)
 
 
 @pytest.mark.skipif(not __import__("zmq").has("curve"), reason="libzmq without CURVE")
@@ -102,7 +102,7 @@ def test_secure_overlay_runs_with_keys_laid_out_as_its_secrets(compose, tmp_path
     with open(os.path.join(ROOT, "docker-compose.secure.yml")) as handle:
         overlay = yaml.safe_load(handle)
     keys = tmp_path / "keys"
-    procs.run_script("make_keys.py", keys, "--clients", "worker", "sampler")
+    helpers.run_script("make_keys.py", keys, "--clients", "worker", "sampler")
     secrets_root = tmp_path / "secrets"
     data, checkpoints = tmp_path / "data", tmp_path / "checkpoints"
     data.mkdir()
@@ -128,4 +128,4 @@ def test_secure_overlay_runs_with_keys_laid_out_as_its_secrets(compose, tmp_path
         assert "CURVE on" in output and "step 3/3" in output and "WARNING" not in output
         assert worker.wait(20) == 0
     finally:
-        procs.stop_all(coordinator, worker)
+        helpers.stop_all(coordinator, worker)

@@ -7,7 +7,7 @@ from model.corpus import build_vocab, make_corpus, resolve_chunk_len, split_poin
 from concurrent.futures import ThreadPoolExecutor
 
 from model.optim import clip_scale, rmsprop, summed_gradient
-from tests.conftest import generated_text
+from helpers import generated_text
 
 TINY_SHAKESPEARE_CHARS = 1_115_394
 

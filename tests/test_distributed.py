@@ -5,13 +5,10 @@ import signal
 import numpy as np
 import pytest
 
-from tests import processes as procs
+import helpers
+from helpers import relative, start_cluster
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def relative(a, b):
-    return np.abs(a - b).max() / np.abs(b).max()
 
 
 @pytest.mark.parametrize("extra", [(), ("--dropout", "0.3", "--lr-decay", "0.5")])
@@ -19,54 +16,41 @@ def test_one_and_three_workers_and_one_process_agree(corpus, tmp_path, extra):
     results = {}
     for workers in (0, 1, 3):
         save_dir = str(tmp_path / f"w{workers}")
-        procs.train(corpus, save_dir, "--steps", 4, "--workers", workers, *extra)
-        results[workers] = procs.params_of(save_dir)
+        helpers.train(corpus, save_dir, "--steps", 4, "--workers", workers, *extra)
+        results[workers] = helpers.params_of(save_dir)
     assert relative(results[1], results[0]) < 1e-10
     assert relative(results[3], results[0]) < 1e-10
-    assert procs.metrics(str(tmp_path / "w3"))[-1]["workers"] == 3
+    assert helpers.metrics(str(tmp_path / "w3"))[-1]["workers"] == 3
 
 
 def test_same_worker_count_is_bit_identical(corpus, tmp_path):
     for name in ("a", "b"):
-        procs.train(corpus, str(tmp_path / name), "--steps", 3, "--workers", 2)
-    np.testing.assert_array_equal(procs.params_of(str(tmp_path / "a")), procs.params_of(str(tmp_path / "b")))
+        helpers.train(corpus, str(tmp_path / name), "--steps", 3, "--workers", 2)
+    np.testing.assert_array_equal(helpers.params_of(str(tmp_path / "a")), helpers.params_of(str(tmp_path / "b")))
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(corpus, tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    procs.train(corpus, straight, "--steps", 6, "--workers", 2)
-    procs.train(corpus, resumed, "--steps", 3, "--workers", 2)
-    out = procs.train(corpus, resumed, "--steps", 6, "--workers", 2)
+    helpers.train(corpus, straight, "--steps", 6, "--workers", 2)
+    helpers.train(corpus, resumed, "--steps", 3, "--workers", 2)
+    out = helpers.train(corpus, resumed, "--steps", 6, "--workers", 2)
     assert "resuming from" in out.stdout + out.stderr
-    np.testing.assert_array_equal(procs.params_of(resumed), procs.params_of(straight))
-    assert [m["step"] for m in procs.metrics(resumed)] == list(range(1, 7))
+    np.testing.assert_array_equal(helpers.params_of(resumed), helpers.params_of(straight))
+    assert [m["step"] for m in helpers.metrics(resumed)] == list(range(1, 7))
 
 
 def test_resume_with_another_architecture_is_refused(corpus, tmp_path):
-    procs.train(corpus, str(tmp_path), "--steps", 0, "--workers", 0)
-    result = procs.run_script("train_local.py", "--corpus", corpus, "--save-dir", tmp_path, "--no-progress",
-                              *procs.SMALL[:2], "--hidden", "32", *procs.SMALL[4:], "--steps", "1",
+    helpers.train(corpus, str(tmp_path), "--steps", 0, "--workers", 0)
+    result = helpers.run_script("train_local.py", "--corpus", corpus, "--save-dir", tmp_path, "--no-progress",
+                              *helpers.SMALL[:2], "--hidden", "32", *helpers.SMALL[4:], "--steps", "1",
                               "--workers", "0", check=False)
     assert result.returncode == 2 and "hidden: checkpoint has 16, asked for 32" in result.stderr
 
 
 def test_steps_zero_writes_the_initial_checkpoint(corpus, tmp_path):
-    procs.train(corpus, str(tmp_path), "--steps", 0, "--workers", 1)
+    helpers.train(corpus, str(tmp_path), "--steps", 0, "--workers", 1)
     from model.checkpoint import load_state
     assert load_state(str(tmp_path / "checkpoint.npz")).step == 0
-
-
-def start_cluster(corpus, save_dir, steps, workers, *extra):
-    endpoint_file = os.path.join(save_dir, "endpoint")
-    os.makedirs(save_dir, exist_ok=True)
-    coordinator = procs.spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
-                              "--corpus", corpus, "--save-dir", save_dir, "--steps", steps,
-                              "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", workers,
-                              *procs.SMALL, *extra, log_path=os.path.join(save_dir, "coordinator.log"))
-    endpoint = procs.read_endpoint(endpoint_file, coordinator)
-    pool = [procs.spawn("worker", "--connect", endpoint, "--name", f"w{k}",
-                        log_path=os.path.join(save_dir, f"worker{k}.log")) for k in range(workers)]
-    return coordinator, endpoint, pool
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -81,38 +65,38 @@ def test_a_killed_worker_does_not_change_the_result(corpus, tmp_path, seed):
     save_dir = str(tmp_path / "killed")
     coordinator, _, pool = start_cluster(corpus, save_dir, 60, 2, "--hidden", "48")
     try:
-        procs.wait_for(lambda: procs.last_step(save_dir) >= kill_after, 60, f"step {kill_after}")
+        helpers.wait_for(lambda: helpers.last_step(save_dir) >= kill_after, 60, f"step {kill_after}")
         time.sleep(delay)
         pool[rng.randrange(2)].send_signal(signal.SIGKILL)
-        assert procs.last_step(save_dir) < 50, "the kill must land well before the last step"
+        assert helpers.last_step(save_dir) < 50, "the kill must land well before the last step"
         assert coordinator.wait(120) == 0
     finally:
-        procs.stop_all(coordinator, *pool)
+        helpers.stop_all(coordinator, *pool)
     assert "declared dead" in open(os.path.join(save_dir, "coordinator.log")).read()
-    assert [m["step"] for m in procs.metrics(save_dir)] == list(range(1, 61))
+    assert [m["step"] for m in helpers.metrics(save_dir)] == list(range(1, 61))
     same_shape = str(tmp_path / "same")
-    procs.train(corpus, same_shape, "--steps", 60, "--workers", 0, "--hidden", "48")
-    assert relative(procs.params_of(save_dir), procs.params_of(same_shape)) < 1e-6
+    helpers.train(corpus, same_shape, "--steps", 60, "--workers", 0, "--hidden", "48")
+    assert relative(helpers.params_of(save_dir), helpers.params_of(same_shape)) < 1e-6
 
 
 def test_pull_live_weights_while_training(corpus, tmp_path):
     save_dir = str(tmp_path)
     coordinator, endpoint, pool = start_cluster(corpus, save_dir, 100_000, 1, "--hidden", "48")
     try:
-        procs.wait_for(lambda: procs.last_step(save_dir) >= 2, 60, "training to start")
+        helpers.wait_for(lambda: helpers.last_step(save_dir) >= 2, 60, "training to start")
         from coordinator.client import pull_model
         meta, params = pull_model(endpoint, timeout_s=10)
         assert meta["hidden"] == 48 and meta["step"] >= 2 and np.isfinite(params).all()
-        result = procs.run_script("sample.py", "--coordinator", endpoint, "--length", 40, "--seed", 1)
+        result = helpers.run_script("sample.py", "--coordinator", endpoint, "--length", 40, "--seed", 1)
         assert len(result.stdout) == 41 and result.stdout.endswith("\n")
-        before = procs.last_step(save_dir)
-        procs.wait_for(lambda: procs.last_step(save_dir) > before + 2, 30, "training to go on")
+        before = helpers.last_step(save_dir)
+        helpers.wait_for(lambda: helpers.last_step(save_dir) > before + 2, 30, "training to go on")
         coordinator.send_signal(signal.SIGTERM)
         assert coordinator.wait(20) == 0
         for worker in pool:
             assert worker.wait(20) == 0        # told to stop
     finally:
-        procs.stop_all(coordinator, *pool)
+        helpers.stop_all(coordinator, *pool)
     assert "SIGTERM: writing checkpoint" in open(os.path.join(save_dir, "coordinator.log")).read()
     from model.checkpoint import load_state
     assert load_state(os.path.join(save_dir, "checkpoint.npz")).step >= before + 2
@@ -120,39 +104,27 @@ def test_pull_live_weights_while_training(corpus, tmp_path):
 
 def test_coordinator_killed_and_restarted_resumes_bit_identically(corpus, tmp_path):
     straight = str(tmp_path / "straight")
-    procs.train(corpus, straight, "--steps", 30, "--workers", 2, "--hidden", "48")
+    helpers.train(corpus, straight, "--steps", 30, "--workers", 2, "--hidden", "48")
     save_dir = str(tmp_path / "restarted")
     coordinator, endpoint, pool = start_cluster(corpus, save_dir, 30, 2, "--hidden", "48")
     try:
-        procs.wait_for(lambda: procs.last_step(save_dir) >= 4, 60, "step 4")
+        helpers.wait_for(lambda: helpers.last_step(save_dir) >= 4, 60, "step 4")
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait(10)
-        killed_at = procs.last_step(save_dir)
+        killed_at = helpers.last_step(save_dir)
         assert killed_at < 25, "the kill must land well before the last step"
         import time
         restarted = time.monotonic()
-        coordinator = procs.spawn("coordinator", "--bind", endpoint, "--corpus", corpus, "--save-dir", save_dir,
+        coordinator = helpers.spawn("coordinator", "--bind", endpoint, "--corpus", corpus, "--save-dir", save_dir,
                                   "--steps", 30, "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", 2,
-                                  *procs.SMALL, "--hidden", "48",
+                                  *helpers.SMALL, "--hidden", "48",
                                   log_path=os.path.join(save_dir, "coordinator2.log"))
-        procs.wait_for(lambda: len(procs.metrics(save_dir)) > killed_at, 60, "a step after the restart")
+        helpers.wait_for(lambda: len(helpers.metrics(save_dir)) > killed_at, 60, "a step after the restart")
         print(f"first step {time.monotonic() - restarted:.2f}s after the coordinator restarted")
         assert coordinator.wait(120) == 0
         for worker in pool:
             assert worker.wait(20) == 0
     finally:
-        procs.stop_all(coordinator, *pool)
+        helpers.stop_all(coordinator, *pool)
     assert "resuming from" in open(os.path.join(save_dir, "coordinator2.log")).read()
-    np.testing.assert_array_equal(procs.params_of(save_dir), procs.params_of(straight))
-
-
-
-def test_a_compute_finishing_after_the_worker_closed_its_pipe_is_harmless():
-    """Seen in a real run: a stop arrives mid-compute, the worker closes its wake-up pipe, then
-    the compute thread finishes and tries to wake the closed loop; that must stay silent."""
-    from worker.service import Worker
-    worker = Worker("tcp://127.0.0.1:1")
-    os.close(worker.wake_write)
-    worker._wake(None)
-    os.close(worker.wake_read)
-    worker.context.term()
+    np.testing.assert_array_equal(helpers.params_of(save_dir), helpers.params_of(straight))

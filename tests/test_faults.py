@@ -12,9 +12,9 @@ import pytest
 import zmq
 
 from protocol import Message, decode, encode
-from tests import processes as procs
-from tests.fuzzing import malformed, valid_push
-from tests.test_distributed import relative, start_cluster
+import helpers
+from helpers import malformed, valid_push
+from helpers import relative, start_cluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,17 +35,17 @@ def test_stalled_worker_is_fenced_and_comes_back(corpus, tmp_path):
     save_dir = str(tmp_path)
     coordinator, _, pool = start_cluster(corpus, save_dir, 10 ** 6, 2, "--hidden", "48")
     try:
-        procs.wait_for(lambda: procs.last_step(save_dir) >= 3, 60, "step 3")
+        helpers.wait_for(lambda: helpers.last_step(save_dir) >= 3, 60, "step 3")
         pool[1].send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
-        procs.wait_for(lambda: "declared dead" in log_of(save_dir), 30, "the stalled worker declared dead")
+        helpers.wait_for(lambda: "declared dead" in log_of(save_dir), 30, "the stalled worker declared dead")
         detected = time.monotonic() - stopped_at
-        step_when_dead = procs.last_step(save_dir)
-        procs.wait_for(lambda: procs.last_step(save_dir) >= step_when_dead + 2, 60, "training without it")
+        step_when_dead = helpers.last_step(save_dir)
+        helpers.wait_for(lambda: helpers.last_step(save_dir) >= step_when_dead + 2, 60, "training without it")
         pool[1].send_signal(signal.SIGCONT)
-        procs.wait_for(lambda: log_of(save_dir).count("registered") >= 3, 30, "the worker registering again")
-        back_at = procs.last_step(save_dir)
-        procs.wait_for(lambda: sum(m["workers"] == 2 for m in procs.metrics(save_dir)[back_at:]) >= 3, 30,
+        helpers.wait_for(lambda: log_of(save_dir).count("registered") >= 3, 30, "the worker registering again")
+        back_at = helpers.last_step(save_dir)
+        helpers.wait_for(lambda: sum(m["workers"] == 2 for m in helpers.metrics(save_dir)[back_at:]) >= 3, 30,
                        "steps with the returned worker")
         coordinator.send_signal(signal.SIGTERM)
         assert coordinator.wait(60) == 0
@@ -53,14 +53,14 @@ def test_stalled_worker_is_fenced_and_comes_back(corpus, tmp_path):
         for worker in pool:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGCONT)
-        procs.stop_all(coordinator, *pool)
+        helpers.stop_all(coordinator, *pool)
     # a stalled worker notices its own silence and registers afresh; whatever it might still send
     # with its old token is refused (tested with a hand-driven peer in the hostile-input drill)
-    steps = procs.last_step(save_dir)
-    assert [m["step"] for m in procs.metrics(save_dir)] == list(range(1, steps + 1))
+    steps = helpers.last_step(save_dir)
+    assert [m["step"] for m in helpers.metrics(save_dir)] == list(range(1, steps + 1))
     reference = str(tmp_path / "reference")
-    procs.train(corpus, reference, "--steps", steps, "--workers", 0, "--hidden", "48")
-    assert relative(procs.params_of(save_dir), procs.params_of(reference)) < 1e-6
+    helpers.train(corpus, reference, "--steps", steps, "--workers", 0, "--hidden", "48")
+    assert relative(helpers.params_of(save_dir), helpers.params_of(reference)) < 1e-6
     print(f"stalled worker declared dead {detected:.2f}s after SIGSTOP (liveness 1.5s); {steps} steps")
 
 
@@ -94,13 +94,13 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
     save_dir = str(tmp_path)
     os.makedirs(save_dir, exist_ok=True)
     endpoint_file = os.path.join(save_dir, "endpoint")
-    coordinator = procs.spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
-                              "--corpus", corpus, "--save-dir", save_dir, "--steps", 4, *procs.SMALL,
+    coordinator = helpers.spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
+                              "--corpus", corpus, "--save-dir", save_dir, "--steps", 4, *helpers.SMALL,
                               "--dtype", "float32", log_path=os.path.join(save_dir, "coordinator.log"))
     fake = None
     pool = []
     try:
-        endpoint = procs.read_endpoint(endpoint_file, coordinator)
+        endpoint = helpers.read_endpoint(endpoint_file, coordinator)
         fake = FakeWorker(endpoint)
         fake.send(encode(Message("register", {"name": "fake"})))
         welcome = fake.expect("welcome")
@@ -129,12 +129,12 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
         fake.send(encode(Message("bye", {"token": welcome["token"]})))
         fake.send(push)                                    # late words with a revoked token: fenced
         assert fake.expect("reject")["reregister"] is True
-        pool = [procs.spawn("worker", "--connect", endpoint) for _ in range(2)]
+        pool = [helpers.spawn("worker", "--connect", endpoint) for _ in range(2)]
         assert coordinator.wait(120) == 0
     finally:
         if fake:
             fake.close()
-        procs.stop_all(coordinator, *pool)
+        helpers.stop_all(coordinator, *pool)
     log = log_of(save_dir)
     logged = len(re.findall(r"^(dropped|refused) ", log, re.M))
     suppressed = sum(int(n) for n in re.findall(r"\.\.\. (\d+) similar lines suppressed", log))
@@ -144,53 +144,53 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
     # ~1,250 of the sets carry a full gradient (~26 KB): ~33 MB passes through the socket queues,
     # which the high-water mark bounds; growth well beyond that would mean something is kept
     assert rss_after - rss_before < 100_000, f"RSS grew by {rss_after - rss_before} kB"
-    assert [m["step"] for m in procs.metrics(save_dir)] == [1, 2, 3, 4]
+    assert [m["step"] for m in helpers.metrics(save_dir)] == [1, 2, 3, 4]
     print(f"{sent} malformed frame sets, {total} rejections, 0 crashes; RSS {rss_before} -> {rss_after} kB")
 
 
 def test_checkpoint_writer_killed_half_way(corpus, tmp_path):
     """A process dies (SIGKILL) while writing a large checkpoint: the old one stays readable."""
-    procs.train(corpus, str(tmp_path), "--steps", 1, "--workers", 0)
+    helpers.train(corpus, str(tmp_path), "--steps", 1, "--workers", 0)
     before = open(tmp_path / "checkpoint.npz", "rb").read()
     writer = subprocess.Popen([sys.executable, "-c", f"""
 import sys, numpy as np
-sys.path.insert(0, {procs.ROOT!r})
+sys.path.insert(0, {helpers.ROOT!r})
 from model.checkpoint import write_npz_atomic
 write_npz_atomic({str(tmp_path / 'checkpoint.npz')!r}, {{"big": np.random.default_rng(0).random(30_000_000)}})
-"""], cwd=procs.ROOT)
-    procs.wait_for(lambda: any(".npz.tmp-" in f and os.path.getsize(tmp_path / f) > 10_000_000
+"""], cwd=helpers.ROOT)
+    helpers.wait_for(lambda: any(".npz.tmp-" in f and os.path.getsize(tmp_path / f) > 10_000_000
                                for f in os.listdir(tmp_path)), 60, "the writer to be half-way")
     writer.kill()
     writer.wait()
     assert open(tmp_path / "checkpoint.npz", "rb").read() == before
-    out = procs.train(corpus, str(tmp_path), "--steps", 2, "--workers", 0)
+    out = helpers.train(corpus, str(tmp_path), "--steps", 2, "--workers", 0)
     assert "a checkpoint write that never finished" in out.stdout + out.stderr
     assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path):
-    procs.train(corpus, str(tmp_path), "--steps", 3, "--workers", 0)
+    helpers.train(corpus, str(tmp_path), "--steps", 3, "--workers", 0)
     path = tmp_path / "checkpoint.npz"
     data = path.read_bytes()
     path.unlink()                                          # replace (not rewrite) so history keeps step 3
     path.write_bytes(data[: len(data) // 2])
-    out = procs.train(corpus, str(tmp_path), "--steps", 4, "--workers", 0)
+    out = helpers.train(corpus, str(tmp_path), "--steps", 4, "--workers", 0)
     text = out.stdout + out.stderr
     assert "checkpoint.npz is corrupt or truncated" in text and "resuming from" in text
     straight = tmp_path / "straight"
-    procs.train(corpus, str(straight), "--steps", 4, "--workers", 0)
-    np.testing.assert_array_equal(procs.params_of(str(tmp_path)), procs.params_of(str(straight)))
+    helpers.train(corpus, str(straight), "--steps", 4, "--workers", 0)
+    np.testing.assert_array_equal(helpers.params_of(str(tmp_path)), helpers.params_of(str(straight)))
 
 
 def test_sigterm_to_train_local_stops_everything(corpus, tmp_path):
     save_dir = str(tmp_path)
-    launcher = subprocess.Popen([sys.executable, os.path.join(procs.ROOT, "scripts", "train_local.py"),
-                                 "--corpus", corpus, "--save-dir", save_dir, "--no-progress", *procs.SMALL,
+    launcher = subprocess.Popen([sys.executable, os.path.join(helpers.ROOT, "scripts", "train_local.py"),
+                                 "--corpus", corpus, "--save-dir", save_dir, "--no-progress", *helpers.SMALL,
                                  "--hidden", "48", "--checkpoint-every", "1000", "--steps", "100000",
-                                 "--workers", "2"], cwd=procs.ROOT, env=procs.env(),
+                                 "--workers", "2"], cwd=helpers.ROOT, env=helpers.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        procs.wait_for(lambda: procs.last_step(save_dir) >= 3, 60, "training to start")
+        helpers.wait_for(lambda: helpers.last_step(save_dir) >= 3, 60, "training to start")
         children = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
                     if _parent(pid) == launcher.pid]
         assert len(children) == 3

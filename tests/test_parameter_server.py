@@ -1,12 +1,14 @@
 """ParameterServer and WorkerCompute as plain objects: no sockets."""
 import numpy as np
 
-from coordinator.server import Contribution, ParameterServer, partition
+from coordinator.server import ParameterServer, partition
 from model.config import Config
 from model.corpus import make_corpus
-from model.training import ChunkGradients, local_step, new_state
+from model.optim import RMSprop
+from model.run import apply_step
+from model.training import Contribution, new_state
 from protocol import Message
-from tests.conftest import generated_text
+from helpers import generated_text, local_steps
 from worker.compute import WorkerCompute
 
 
@@ -32,7 +34,7 @@ def test_partition_is_even_and_contiguous():
 def test_workers_compute_the_same_step_as_the_single_process_path():
     corpus, config, server = setup()
     reference = new_state(config, corpus)
-    gradients = ChunkGradients(reference.layout, reference.params.dtype)
+    optimizer = RMSprop(server.state.square_avg, config.rho, config.eps, config.clip)
     computer = WorkerCompute(config.to_dict(), corpus.vocab)
     tokens = [server.register(bytes([k]), f"w{k}", 0.0) for k in range(3)]
     for _ in range(3):
@@ -41,8 +43,8 @@ def test_workers_compute_the_same_step_as_the_single_process_path():
         for item in reversed(items):                 # arrival order must not matter
             assert server.accept_push(item.token, item.step, item.chunks,
                                       compute_push(server, item, computer)) == ("accepted", None)
-        server.finish_step()
-        local_step(reference, corpus, gradients)
+        apply_step(server.state, optimizer, server.collect(), server.state.params.copy())
+        local_steps(reference, corpus)
     np.testing.assert_allclose(server.state.params, reference.params, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(server.state.chunk_h, reference.chunk_h, rtol=1e-10, atol=1e-13)
 
@@ -76,8 +78,8 @@ def test_a_dead_worker_s_chunks_move_whole_and_its_token_is_fenced():
     for item in (items[a], moved[0]):
         assert server.accept_push(a, 0, item.chunks, compute_push(server, item, computer))[0] == "accepted"
     assert server.in_flight.complete
-    server.finish_step()
-    assert server.state.step == 1
+    assert sorted(server.collect()) == sorted([items[a].chunks, moved[0].chunks])
+    assert server.in_flight is None
 
 
 def test_a_joining_worker_gets_chunks_at_the_next_step():
@@ -88,7 +90,7 @@ def test_a_joining_worker_gets_chunks_at_the_next_step():
     b = server.register(b"b", "b", 0.0)
     assert server.start_step() == []                 # a step is in flight
     server.accept_push(a, 0, item.chunks, compute_push(server, item, computer))
-    server.finish_step()
+    server.collect()
     assert {i.token for i in server.start_step()} == {a, b}
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from protocol import SIGNATURE, Message, ProtocolError, decode, encode
 
-DIMS = {"P": 10, "S": 2, "W": 3, "T": 4, "float": "<f4"}
+DIMS = {"P": 10, "L": 2, "H": 3, "T": 4, "float": "<f4"}
 
 
 def push(**changes):
@@ -53,7 +53,7 @@ def test_round_trip_every_command():
     (dict(arrays={"grad": np.array([np.inf] * 10, np.float32)}), "NaN or infinite"),
     (dict(arrays={"grad": np.ones(11, np.float32)}), "P = 10"),
     (dict(arrays={"grad": np.ones(10, np.float64)}), "this run uses <f4"),
-    (dict(arrays={"h": np.ones((2, 3, 3), np.float32)}), "b = 2"),
+    (dict(arrays={"h": np.ones((2, 3, 3), np.float32)}), "B = 2"),
     (dict(arrays={"c": np.ones((2, 2), np.float32)}), "3 dimensions"),
     (dict(fields={"chunks": [2, 1]}), "chunks"),
     (dict(fields={"chunks": []}), "chunks"),
@@ -108,7 +108,7 @@ def test_oversized_message_is_refused_before_parsing():
 
 
 def test_seeded_fuzz_decode_refuses_every_malformed_set():
-    from tests.fuzzing import malformed, valid_push
+    from helpers import malformed, valid_push
     rng = random.Random(1234)
     good = valid_push(DIMS)
     decode(good, DIMS)

@@ -5,17 +5,17 @@ import os
 import numpy as np
 
 from model.checkpoint import load_model, load_state
-from tests import processes as procs
-from tests.conftest import generated_text
+import helpers
+from helpers import generated_text
 
 
 def test_validation_best_export_and_curves(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(generated_text(12_000, seed=5), encoding="utf-8")
     save_dir = tmp_path / "run"
-    procs.train(str(corpus), str(save_dir), "--steps", 12, "--workers", 0, "--val-fraction", 0.2,
+    helpers.train(str(corpus), str(save_dir), "--steps", 12, "--workers", 0, "--val-fraction", 0.2,
                 "--eval-every", 4, "--dropout", 0.1, "--plot-every", 4)
-    lines = procs.metrics(str(save_dir))
+    lines = helpers.metrics(str(save_dir))
     validations = [m for m in lines if "val_loss" in m]
     assert validations and validations[-1]["step"] == 12
     assert all(abs(m["val_bits"] - m["val_loss"] / np.log(2)) < 1e-9 for m in validations)
@@ -25,29 +25,29 @@ def test_validation_best_export_and_curves(tmp_path):
     # best.npz is the model of the best step, and evaluate.py reproduces its figure exactly
     meta, _ = load_model(str(save_dir / "best.npz"))
     assert meta["step"] == best["step"]
-    result = json.loads(procs.run_script("evaluate.py", "--checkpoint", save_dir / "best.npz", "--text", corpus,
+    result = json.loads(helpers.run_script("evaluate.py", "--checkpoint", save_dir / "best.npz", "--text", corpus,
                                          "--tail-fraction", 0.2, "--json").stdout)
     assert abs(result["nats_per_char"] - best["val_loss"]) < 1e-9
     # a float16 model-only export samples and evaluates like a checkpoint, a few MB smaller
     out = tmp_path / "model.npz"
-    procs.run_script("export.py", "--checkpoint", save_dir / "checkpoint.npz", "--out", out)
+    helpers.run_script("export.py", "--checkpoint", save_dir / "checkpoint.npz", "--out", out)
     assert os.path.getsize(out) < os.path.getsize(save_dir / "checkpoint.npz") / 3
-    exported = json.loads(procs.run_script("evaluate.py", "--checkpoint", out, "--text", corpus,
+    exported = json.loads(helpers.run_script("evaluate.py", "--checkpoint", out, "--text", corpus,
                                            "--tail-fraction", 0.2, "--json").stdout)
     assert abs(exported["nats_per_char"] - validations[-1]["val_loss"]) < 5e-3
-    assert len(procs.run_script("sample.py", "--checkpoint", out, "--length", 20).stdout) == 21
+    assert len(helpers.run_script("sample.py", "--checkpoint", out, "--length", 20).stdout) == 21
     page = (save_dir / "curves.html").read_text()
     assert page.count("<svg") == 2 and "best validation loss" in page and "src=" not in page
 
 
 def test_plot_without_metrics_is_a_clear_error(tmp_path):
-    result = procs.run_script("plot.py", "--save-dir", tmp_path, check=False)
+    result = helpers.run_script("plot.py", "--save-dir", tmp_path, check=False)
     assert result.returncode == 2 and "no metrics.jsonl" in result.stderr
 
 
 def test_eval_every_without_held_out_text_is_refused(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(generated_text(5000), encoding="utf-8")
-    result = procs.run_script("train_local.py", "--corpus", corpus, "--save-dir", tmp_path, "--workers", 0,
+    result = helpers.run_script("train_local.py", "--corpus", corpus, "--save-dir", tmp_path, "--workers", 0,
                               "--steps", 1, "--eval-every", 2, check=False)
     assert result.returncode == 2 and "--val-fraction" in result.stderr

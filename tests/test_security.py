@@ -7,8 +7,8 @@ import zmq
 
 from coordinator.client import PullError, pull_model
 from protocol.security import CurveClient, SecurityError, create_keys
-from tests import processes as procs
-from tests.conftest import generated_text
+import helpers
+from helpers import generated_text
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")]
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.timeout(120),
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("keys"))
-    procs.run_script("make_keys.py", directory, "--clients", "worker", "sampler")
+    helpers.run_script("make_keys.py", directory, "--clients", "worker", "sampler")
     stranger = str(tmp_path_factory.mktemp("stranger"))       # a valid key pair nobody authorised
     create_keys(stranger, ["intruder"])
     os.makedirs(os.path.join(directory, "clients"), exist_ok=True)
@@ -32,27 +32,27 @@ def secure_coordinator(keys, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(generated_text(8000), encoding="utf-8")
     endpoint_file = str(tmp_path / "endpoint")
-    coordinator = procs.spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
+    coordinator = helpers.spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
                               "--curve-keys", keys, "--corpus", corpus, "--save-dir", tmp_path, "--steps", 3,
-                              *procs.SMALL, log_path=str(tmp_path / "coordinator.log"))
-    endpoint = procs.read_endpoint(endpoint_file, coordinator)
+                              *helpers.SMALL, log_path=str(tmp_path / "coordinator.log"))
+    endpoint = helpers.read_endpoint(endpoint_file, coordinator)
     yield coordinator, endpoint, tmp_path
-    procs.stop_all(coordinator)
+    helpers.stop_all(coordinator)
 
 
 def test_authorised_clients_pull_and_workers_train(keys, secure_coordinator):
     coordinator, endpoint, save_dir = secure_coordinator
     meta, params = pull_model(endpoint, 10, CurveClient(keys, "sampler"))
     assert meta["step"] == 0 and params.size > 0
-    worker = procs.spawn("worker", "--connect", endpoint, "--curve-keys", keys, "--key-name", "worker")
+    worker = helpers.spawn("worker", "--connect", endpoint, "--curve-keys", keys, "--key-name", "worker")
     try:
         assert coordinator.wait(60) == 0
         assert worker.wait(20) == 0
     finally:
-        procs.stop_all(worker)
+        helpers.stop_all(worker)
     log = (save_dir / "coordinator.log").read_text()
     assert "CURVE on" in log and "WARNING" not in log
-    assert [m["step"] for m in procs.metrics(str(save_dir))] == [1, 2, 3]
+    assert [m["step"] for m in helpers.metrics(str(save_dir))] == [1, 2, 3]
 
 
 def test_unauthorised_key_is_refused(keys, secure_coordinator):
@@ -69,14 +69,14 @@ def test_plain_text_peer_is_refused(secure_coordinator):
 
 def test_an_unauthorised_worker_never_gets_work(keys, secure_coordinator):
     coordinator, endpoint, save_dir = secure_coordinator
-    intruder = procs.spawn("worker", "--connect", endpoint, "--curve-keys", keys, "--key-name", "intruder",
+    intruder = helpers.spawn("worker", "--connect", endpoint, "--curve-keys", keys, "--key-name", "intruder",
                            "--liveness", "1")
     try:
         with pytest.raises(AssertionError, match="timed out"):
-            procs.wait_for(lambda: "registered" in (save_dir / "coordinator.log").read_text(), 3, "a registration")
+            helpers.wait_for(lambda: "registered" in (save_dir / "coordinator.log").read_text(), 3, "a registration")
     finally:
-        procs.stop_all(intruder)
-    assert procs.metrics(str(save_dir)) == [] and coordinator.poll() is None
+        helpers.stop_all(intruder)
+    assert helpers.metrics(str(save_dir)) == [] and coordinator.poll() is None
 
 
 def test_missing_keys_are_a_clear_error(tmp_path):
@@ -88,11 +88,11 @@ def test_unauthenticated_wildcard_bind_warns_loudly(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(generated_text(3000), encoding="utf-8")
     endpoint_file = str(tmp_path / "endpoint")
-    coordinator = procs.spawn("coordinator", "--bind", "tcp://*:*", "--endpoint-file", endpoint_file,
-                              "--corpus", corpus, "--save-dir", tmp_path, *procs.SMALL,
+    coordinator = helpers.spawn("coordinator", "--bind", "tcp://*:*", "--endpoint-file", endpoint_file,
+                              "--corpus", corpus, "--save-dir", tmp_path, *helpers.SMALL,
                               log_path=str(tmp_path / "coordinator.log"))
     try:
-        procs.read_endpoint(endpoint_file, coordinator)
+        helpers.read_endpoint(endpoint_file, coordinator)
     finally:
-        procs.stop_all(coordinator)
+        helpers.stop_all(coordinator)
     assert "WARNING: listening on tcp://0.0.0.0" in (tmp_path / "coordinator.log").read_text()

@@ -5,9 +5,9 @@ import os
 import numpy as np
 
 from model.checkpoint import load_model
-from tests import processes as procs
+import helpers
 
-SHIPPED = os.path.join(procs.ROOT, "saves", "shakespeare.npz")
+SHIPPED = os.path.join(helpers.ROOT, "saves", "shakespeare.npz")
 
 
 def test_shipped_model_loads_with_its_meta():
@@ -19,7 +19,7 @@ def test_shipped_model_loads_with_its_meta():
 
 
 def test_sample_without_a_checkpoint_uses_the_shipped_model():
-    result = procs.run_script("sample.py", "--length", 300, "--seed", 1, "--temperature", 0.5)
+    result = helpers.run_script("sample.py", "--length", 300, "--seed", 1, "--temperature", 0.5)
     text = result.stdout
     assert len(text) == 301
     words = [w for w in text.split() if w.isalpha()]
@@ -31,6 +31,6 @@ def test_shipped_model_evaluates(tmp_path):
     text = tmp_path / "speech.txt"
     text.write_text("KING RICHARD II:\nNow is the winter of our discontent, my lord, and the king "
                     "shall have his crown.\n", encoding="utf-8")
-    figures = json.loads(procs.run_script("evaluate.py", "--text", text, "--json").stdout)
+    figures = json.loads(helpers.run_script("evaluate.py", "--text", text, "--json").stdout)
     assert figures["chars"] == len(text.read_text()) - 1
     assert figures["nats_per_char"] < 2.5          # a trained model, far below uniform's 4.17

@@ -7,7 +7,7 @@ import pytest
 from model.checkpoint import model_arrays, write_npz_atomic
 from model.inference import Model, activations
 from model.params import ParamLayout
-from tests import processes as procs
+import helpers
 
 TEXT = ("ANNA:\nThe lord shall love the crown.\n\nBORIS:\nMy sword, my night!\n"
         "Thou and the cat (and the mat) shall sing.\n\nCLEO:\nLove.\n") * 3
@@ -46,7 +46,7 @@ def planted(tmp_path):
 def test_page_has_one_cell_per_character_with_matching_values(planted, tmp_path):
     path, text, model = planted
     out = tmp_path / "page.html"
-    procs.run_script("visualize.py", "--checkpoint", path, "--text", text, "--layer", 0, "--neuron", 1,
+    helpers.run_script("visualize.py", "--checkpoint", path, "--text", text, "--layer", 0, "--neuron", 1,
                      "--out", out)
     page = out.read_text(encoding="utf-8")
     cells = re.findall(r'<span class="c[^"]*" style="background:rgb\((\d+),(\d+),(\d+)\)" data-v="([-\d.]+)"',
@@ -63,14 +63,14 @@ def test_page_has_one_cell_per_character_with_matching_values(planted, tmp_path)
 
 def test_colour_scale_ends():
     import sys
-    sys.path.insert(0, procs.ROOT + "/scripts")
+    sys.path.insert(0, helpers.ROOT + "/scripts")
     from _neuron_page import colour
     assert colour(-1) == (255, 255, 255) and colour(1) == (255, 0, 0) and colour(5) == (255, 0, 0)
 
 
 def test_find_ranks_the_planted_neuron_first(planted, tmp_path):
     path, text, _ = planted
-    result = procs.run_script("visualize.py", "--checkpoint", path, "--text", text, "--find",
+    result = helpers.run_script("visualize.py", "--checkpoint", path, "--text", text, "--find",
                               "--out", tmp_path / "found", "--top", 3)
     line = next(l for l in result.stdout.splitlines() if l.startswith("position_since_newline"))
     rank, layer, neuron, score = line.split()[1:5]
@@ -81,7 +81,7 @@ def test_find_ranks_the_planted_neuron_first(planted, tmp_path):
 
 def test_png_of_the_picture(planted, tmp_path):
     path, text, _ = planted
-    procs.run_script("visualize.py", "--checkpoint", path, "--text", text, "--neuron", 2, "--png",
+    helpers.run_script("visualize.py", "--checkpoint", path, "--text", text, "--neuron", 2, "--png",
                      "--out", tmp_path / "p.html")
     assert (tmp_path / "p_l0n2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -96,7 +96,7 @@ def test_errors(planted, tmp_path, args, message):
     path, text, _ = planted
     if "--checkpoint" not in args:
         args = ["--checkpoint", path, *args]
-    result = procs.run_script("visualize.py", *args, "--text", text, "--out", tmp_path / "x.html", check=False)
+    result = helpers.run_script("visualize.py", *args, "--text", text, "--out", tmp_path / "x.html", check=False)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -104,5 +104,5 @@ def test_text_outside_the_vocabulary_is_named(planted, tmp_path):
     path, _, _ = planted
     odd = tmp_path / "odd.txt"
     odd.write_text("ANNA: ¿qué?", encoding="utf-8")
-    result = procs.run_script("visualize.py", "--checkpoint", path, "--text", odd, check=False)
+    result = helpers.run_script("visualize.py", "--checkpoint", path, "--text", odd, check=False)
     assert result.returncode == 2 and "'¿'" in result.stderr and "'é'" in result.stderr

@@ -8,22 +8,22 @@ import socket as pysocket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import zmq
 
-from protocol import Message
-from protocol.transport import RateLimitedLog, connect_dealer, log_line, peak_rss_mb, poll, receive, send
+from protocol import DEFAULT_MAX_MESSAGE_BYTES, HEARTBEAT_S, LIVENESS_S, Message
+from protocol.transport import (EndpointError, RateLimitedLog, SendBuffers, connect_dealer, log_line, peak_rss_mb,
+                                poll, receive, send)
 from .compute import WorkerCompute
 
 
 class Worker:
-    def __init__(self, endpoint: str, *, name: str | None = None, liveness_s: float = 10.0,
+    def __init__(self, endpoint: str, *, name: str | None = None, liveness_s: float = LIVENESS_S,
                  backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0,
-                 max_message_bytes: int = 512 * 1024 * 1024, curve_client=None, log=log_line):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, curve_client=None, log=log_line):
         self.endpoint = endpoint
         self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
         self.liveness_s = liveness_s
-        self.heartbeat_s = 1.0
+        self.heartbeat_s = HEARTBEAT_S
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.max_message_bytes = max_message_bytes
         self.curve_client = curve_client
@@ -36,9 +36,7 @@ class Worker:
         self.compute_key = None
         self.stopping = None
         self.steps_done = 0
-        # gradients handed to zero-copy sends, with their trackers: a fresh 12.8 MB vector per
-        # step cost ~3,400 page faults inside the compute, so one ZeroMQ is done with is reused
-        self.sent_grads: list[tuple[np.ndarray, zmq.MessageTracker]] = []
+        self.grad_buffers = SendBuffers()     # gradients go out zero-copy; reused once sent
 
     def request_stop(self, signum, _frame) -> None:
         self.stopping = signal.Signals(signum).name
@@ -47,9 +45,14 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.request_stop)
         backoff = self.backoff_initial_s
+        self.log(f"worker {self.name}: connecting to the coordinator at {self.endpoint}")
         try:
             while not self.stopping:
-                outcome = self._session()
+                try:
+                    outcome = self._session()
+                except EndpointError as error:
+                    self.log(f"error: {error}")
+                    return 2
                 if outcome == "stop":
                     return 0
                 if outcome == "welcomed":
@@ -83,7 +86,7 @@ class Worker:
             nonlocal last_sent
             tracker = send(socket, message, track=message.cmd == "push")
             if tracker is not None:
-                self.sent_grads = [*self.sent_grads[-1:], (message.arrays["grad"], tracker)]
+                self.grad_buffers.retire(message.arrays["grad"], [tracker])
             last_sent = time.monotonic()
 
         transmit(Message("register", {"name": self.name}))
@@ -141,15 +144,9 @@ class Worker:
         if key != self.compute_key:
             self.compute, self.compute_key = WorkerCompute(config, vocab), key
 
-    def _reusable_grad(self) -> np.ndarray | None:
-        for k, (grad, tracker) in enumerate(self.sent_grads):
-            if tracker.done and grad.shape == (self.compute.layout.total,) and grad.dtype == self.compute.dtype:
-                del self.sent_grads[k]
-                return grad
-        return None
-
     def _submit(self, work: Message) -> Future:
-        future = self.executor.submit(self.compute.compute, work, self._reusable_grad())
+        grad_out = self.grad_buffers.take((self.compute.layout.total,), self.compute.dtype)
+        future = self.executor.submit(self.compute.compute, work, grad_out)
         future.add_done_callback(self._wake)
         return future
 

@@ -1,0 +1,181 @@
+"""What the tests share: generated corpora, in-process steps, and real processes (coordinator,
+workers, train_local, scripts) started with deadlines."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+
+from model.optim import RMSprop
+from model.run import InProcessSource, apply_step
+from protocol import SIGNATURE, Message, encode
+
+def generated_text(n_chars: int, seed: int = 0) -> str:
+    """A small play-like corpus: speaker lines and pseudo-words, all generated."""
+    rng = random.Random(seed)
+    names = ["ANNA", "BORIS", "CLEO", "DMITRI"]
+    words = ["the", "and", "lord", "shall", "night", "sword", "crown", "love", "my", "thou"]
+    parts, length = [], 0
+    while length < n_chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))
+        parts.append(rng.choice(names) + ":\n" + line.capitalize() + rng.choice(".!?,") + "\n\n")
+        length += len(parts[-1])
+    return "".join(parts)[:n_chars]
+
+
+def local_steps(state, corpus, steps: int = 1) -> list[tuple[float, float]]:
+    """The single-process step, `steps` times on state: [(mean loss, gradient norm)]."""
+    source = InProcessSource(state, corpus)
+    config = state.config
+    optimizer = RMSprop(state.square_avg, config.rho, config.eps, config.clip)
+    try:
+        return [apply_step(state, optimizer, source.gather(state, lambda: False).contributions,
+                           source.params_out(state)) for _ in range(steps)]
+    finally:
+        optimizer.close()
+
+
+def relative(a, b) -> float:
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--layers", "2", "--hidden", "16", "--chunks", "6", "--seq-len", "20", "--dtype", "float64",
+         "--checkpoint-every", "1"]
+
+
+def env() -> dict:
+    return dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def run_script(script: str, *args, timeout: float = 120, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *map(str, args)],
+                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def train(corpus: str, save_dir: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run_script("train_local.py", "--corpus", corpus, "--save-dir", save_dir, "--no-progress",
+                      *SMALL, *args, timeout=timeout)
+
+
+def params_of(save_dir: str) -> np.ndarray:
+    from model.checkpoint import load_state
+    return load_state(os.path.join(save_dir, "checkpoint.npz")).params
+
+
+def spawn(module: str, *args, log_path: str | None = None) -> subprocess.Popen:
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env(),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_endpoint(path: str, process: subprocess.Popen, timeout: float = 30) -> str:
+    def ready():
+        if process.poll() is not None:
+            raise AssertionError(f"coordinator exited early with {process.returncode}")
+        return os.path.exists(path) and open(path).read().strip()
+    return wait_for(ready, timeout, "the coordinator's endpoint")
+
+
+def metrics(save_dir: str) -> list[dict]:
+    path = os.path.join(save_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def last_step(save_dir: str) -> int:
+    lines = metrics(save_dir)
+    return lines[-1]["step"] if lines else 0
+
+
+def stop_all(*processes, timeout: float = 10) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_cluster(corpus, save_dir, steps, workers, *extra):
+    """A coordinator on a free loopback port and `workers` workers, each logging to save_dir."""
+    endpoint_file = os.path.join(save_dir, "endpoint")
+    os.makedirs(save_dir, exist_ok=True)
+    coordinator = spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
+                              "--corpus", corpus, "--save-dir", save_dir, "--steps", steps,
+                              "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", workers,
+                              *SMALL, *extra, log_path=os.path.join(save_dir, "coordinator.log"))
+    endpoint = read_endpoint(endpoint_file, coordinator)
+    pool = [spawn("worker", "--connect", endpoint, "--name", f"w{k}",
+                        log_path=os.path.join(save_dir, f"worker{k}.log")) for k in range(workers)]
+    return coordinator, endpoint, pool
+
+
+# malformed CLSTM/1 frame sets, shared by the decode and live fuzz tests
+
+def valid_push(dims: dict, token: int = 7, step: int = 0, chunks=(0,)) -> list[bytes]:
+    b, dtype = len(chunks), dims.get("float", "<f4")
+    message = Message("push", {"token": token, "step": step, "chunks": list(chunks), "loss": 1.0, "compute_s": 0.1},
+                      {"grad": np.zeros(dims["P"], dtype), "h": np.zeros((dims["L"], b, dims["H"]), dtype),
+                       "c": np.zeros((dims["L"], b, dims["H"]), dtype)})
+    return [bytes(f) for f in encode(message)]
+
+
+def malformed(rng: random.Random, good: list[bytes], dims: dict) -> list[bytes]:
+    """One frame set that decode must refuse: 8 kinds, chosen by the generator."""
+    kind = rng.randrange(8)
+    frames = [bytearray(f) for f in good]
+    if kind == 0:                                        # random bytes
+        frames = [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 40))) for _ in range(rng.randint(1, 6))]
+    elif kind == 1:                                      # corrupted, truncated header
+        header = frames[1]
+        for _ in range(rng.randint(0, 5)):
+            header[rng.randrange(len(header))] = rng.getrandbits(8)
+        frames[1] = header[:rng.randrange(1, len(header))]
+    elif kind == 2:                                      # a truncated array frame
+        k = rng.randrange(2, len(frames))
+        frames[k] = frames[k][:rng.randrange(len(frames[k]))]
+    elif kind == 3:                                      # wrong protocol version
+        frames[0] = rng.choice([b"CLSTM/2", b"", b"HTTP/1.1", b"CLSTM/1 "])
+    elif kind == 4:                                      # wrong types / unknown command / extra field
+        header = {"cmd": rng.choice(["push", "launch", "exec", 3, None]), "arrays": [],
+                  "token": rng.choice([-1, "t", None, 2 ** 64 - 1, 1.5, [1]]), "extra": rng.random()}
+        frames = [SIGNATURE, msgpack.packb(header)]
+    elif kind == 5:                                      # wrong and huge shapes
+        shape = rng.choice([[2 ** 31 - 1], [dims["P"] + 1], [2 ** 20, 2 ** 20], [-3], [1, 2, 3, 4, 5]])
+        header = {"cmd": "push", "token": 7, "step": 0, "chunks": [0], "loss": 1.0, "compute_s": 0.0,
+                  "arrays": [["grad", "<f4", shape], ["h", "<f4", [1]], ["c", "<f4", [1]]]}
+        frames = [SIGNATURE, msgpack.packb(header), b"\0" * 4, b"\0" * 4, b"\0" * 4]
+    elif kind == 6:                                      # NaN / Inf gradients
+        grad = np.zeros(dims["P"], dims.get("float", "<f4"))
+        grad[rng.randrange(grad.size)] = rng.choice([np.nan, np.inf, -np.inf])
+        frames[2] = grad.tobytes()
+    else:                                                # oversized msgpack header
+        frames[1] = msgpack.packb({"cmd": "push", "pad": "x" * rng.randint(65 * 1024, 80 * 1024)})
+    return [bytes(f) for f in frames]
