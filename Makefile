@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CORPUS := saves/tinyshakespeare.txt
 
-.PHONY: train test bench install clean-venv
+RECIPE := saves/shakespeare.recipe.json
+
+.PHONY: train test bench shakespeare install clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
@@ -22,6 +24,10 @@ $(CORPUS): | $(VENV)/.installed
 
 train: $(VENV)/.installed $(CORPUS)
 	$(PY) scripts/train_local.py $(ARGS)
+
+# The shipped model from scratch, as the recipe fixes it; resumes where it stopped.
+shakespeare: $(VENV)/.installed $(CORPUS)
+	$(PY) scripts/train_local.py --recipe $(RECIPE) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -8,7 +8,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 from model.checkpoint import CheckpointError  # noqa: E402
-from model.cli import add_training_arguments, config_from_args  # noqa: E402
+from model.cli import Parser, add_training_arguments, config_from_args  # noqa: E402
 from model.run import TrainingRun  # noqa: E402
 from protocol import HEARTBEAT_S, LIVENESS_S  # noqa: E402
 from protocol.security import CurveServer, SecurityError  # noqa: E402
@@ -17,7 +17,7 @@ from .service import Coordinator  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__, allow_abbrev=False)
+    parser = Parser(prog="python -m coordinator", description=__doc__)
     net = parser.add_argument_group("network")
     net.add_argument("--bind", default="tcp://127.0.0.1:5555",
                      help="ROUTER endpoint, tcp://HOST:PORT or ipc://PATH; use tcp://*:5555 to accept "

@@ -7,6 +7,7 @@ import numpy as np
 import zmq
 
 from protocol import Message
+from protocol.security import HandshakeWatch
 from protocol.transport import RateLimitedLog, connect_dealer, poll, receive, send
 
 
@@ -22,11 +23,15 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
     except BaseException:
         context.term()
         raise
+    handshakes = HandshakeWatch(socket) if curve_client else None
     try:
         send(socket, Message("pull"))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if poll([socket], deadline - time.monotonic()):
+            refusal = handshakes.refusal() if handshakes else None
+            if refusal:
+                raise PullError(refusal)
+            if poll([socket], min(0.1, deadline - time.monotonic())):
                 _, message = receive(socket, False, None, 2 ** 31, RateLimitedLog())
                 if message is not None and message.cmd == "model":
                     meta = dict(message["config"], vocab=message["vocab"], step=message["step"])
@@ -34,5 +39,7 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
         raise PullError(f"no answer from a coordinator at {endpoint} within {timeout_s:g}s; "
                         f"is it running, and is the address right?")
     finally:
+        if handshakes:
+            handshakes.close()
         socket.close(linger=0)
         context.term()

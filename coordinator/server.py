@@ -41,7 +41,7 @@ class StepInFlight:
 class WorkItem:
     token: int
     step: int
-    chunks: tuple[int, ...]
+    group: tuple[int, ...]          # the chunk ids, ascending
 
 
 def partition(chunks: int, parts: int) -> list[tuple[int, ...]]:
@@ -63,7 +63,7 @@ class ParameterServer:
         self.liveness_s = liveness_s
         self.workers: dict[int, WorkerRecord] = {}
         self.in_flight: StepInFlight | None = None
-        # (token, step, chunks) accepted in the last finished steps: a late repeat is a duplicate
+        # (token, step, group) accepted in the last finished steps: a late repeat is a duplicate
         self.recently_accepted: set[tuple[int, int, tuple[int, ...]]] = set()
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
 
@@ -141,28 +141,28 @@ class ParameterServer:
         return [WorkItem(t, self.state.step, g) for g, t in zip(groups, tokens)]
 
     def work_arrays(self, item: WorkItem) -> dict[str, np.ndarray]:
-        chunk_ids = list(item.chunks)
+        chunk_ids = list(item.group)
         inputs, targets = self.corpus.window(self.state.step_in_epoch, chunk_ids)
         return {"params": self.state.params, "h": self.state.chunk_h[:, chunk_ids],
                 "c": self.state.chunk_c[:, chunk_ids], "inputs": inputs, "targets": targets}
 
-    def accept_push(self, token: int, step: int, chunks: tuple[int, ...], contribution: Contribution):
+    def accept_push(self, token: int, step: int, group: tuple[int, ...], contribution: Contribution):
         """Returns ("accepted" | "duplicate", None) or (None, reason) for a refused push."""
         if token not in self.workers:
             return None, "unknown or expired token"
         flight = self.in_flight
-        if (token, step, chunks) in self.recently_accepted:
+        if (token, step, group) in self.recently_accepted:
             return "duplicate", None
         if flight is None or step != flight.step:
             return None, f"step {step} is not the step in flight (next is {self.state.step})"
-        if flight.owner.get(chunks) != token:
-            if flight.accepted_from.get(chunks) == token:
+        if flight.owner.get(group) != token:
+            if flight.accepted_from.get(group) == token:
                 return "duplicate", None
-            return None, f"chunks {list(chunks)} are not assigned to this worker for step {step}"
-        if chunks in flight.received:
+            return None, f"chunks {list(group)} are not assigned to this worker for step {step}"
+        if group in flight.received:
             return "duplicate", None
-        flight.received[chunks] = contribution
-        flight.accepted_from[chunks] = token
+        flight.received[group] = contribution
+        flight.accepted_from[group] = token
         return "accepted", None
 
     def collect(self) -> dict[tuple[int, ...], Contribution]:

@@ -29,6 +29,8 @@ class Coordinator:
         # two I/O threads: the parameters go to two workers at once instead of one after the other
         self.context = zmq.Context(io_threads=2)
         self.curve_server = curve_server
+        if curve_server is not None:
+            curve_server.on_refused = self.reject_log
         try:
             self.socket, self.endpoint = bind_router(self.context, bind, max_message_bytes, curve_server)
         except BaseException:
@@ -38,7 +40,7 @@ class Coordinator:
         self.dims = {"P": state.params.size, "L": config.layers, "H": config.hidden,
                      "T": config.seq_len, "float": state.params.dtype.str}
         self.min_workers = min_workers      # before the first step, so the partition is reproducible
-        self.waiting_logged = 0.0
+        self.waiting_logged = time.monotonic()     # "waiting for workers" only after a while alone
         self.buffers = SendBuffers()
         self.param_sends: list[zmq.MessageTracker] = []    # sends of the current parameters
         log(f"coordinator listening on {self.endpoint}")
@@ -99,7 +101,7 @@ class Coordinator:
     def _dispatch(self, items) -> None:
         for item in items:
             self._send(item.token, Message("work", {"token": item.token, "step": item.step,
-                                                    "chunks": list(item.chunks)},
+                                                    "chunks": list(item.group)},
                                            self.server.work_arrays(item)), sends_params=True)
 
     def _welcome(self, identity: bytes, name: str) -> None:
@@ -143,12 +145,12 @@ class Coordinator:
             self.reject_log(f"dropped {cmd!r}: not a command the coordinator accepts")
 
     def _handle_push(self, token: int, message: Message) -> None:
-        chunks = tuple(message["chunks"])
+        group = tuple(message["chunks"])
         contribution = Contribution(message["loss"], message.arrays["grad"], message.arrays["h"],
                                     message.arrays["c"], message["compute_s"])
-        status, reason = self.server.accept_push(token, message["step"], chunks, contribution)
+        status, reason = self.server.accept_push(token, message["step"], group, contribution)
         if status:
-            self._send(token, Message("ack", {"step": message["step"], "chunks": list(chunks),
+            self._send(token, Message("ack", {"step": message["step"], "chunks": list(group),
                                               "status": status}))
         else:
             self.reject_log(f"refused push from token {token}: {reason}")

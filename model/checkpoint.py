@@ -96,7 +96,15 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as error:
+    except (ValueError, zipfile.BadZipFile) as error:
+        with open(path, "rb") as handle:
+            is_zip = handle.read(4) == b"PK\x03\x04"
+        if not is_zip:
+            raise CheckpointError(f"{path} is not a checkpoint or model file of this project (not an "
+                                  f".npz archive); pass a file written by training or export.py") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({error}); "
+                              f"delete it or restore an older one from {HISTORY_DIR}/") from None
+    except (OSError, EOFError, KeyError) as error:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({error}); "
                               f"delete it or restore an older one from {HISTORY_DIR}/") from None
     if "meta" not in arrays:

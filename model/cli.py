@@ -13,6 +13,18 @@ from .run import DEFAULT_EPOCHS
 TYPES = {"int": int, "float": float, "str": str}
 
 
+class Parser(argparse.ArgumentParser):
+    """Every command's parser: whole flag names only (no prefix matching), and a usage error is
+    one line, `error: ...`, with exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):

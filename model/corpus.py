@@ -101,3 +101,8 @@ def read_corpus(path: str) -> str:
     except FileNotFoundError:
         raise FileNotFoundError(f"corpus {path} not found; run `python scripts/fetch_data.py` "
                                 f"or pass --corpus PATH") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"corpus {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                         f"pass a text file with --corpus") from None
+    except IsADirectoryError:
+        raise ValueError(f"corpus {path} is a directory; pass a text file with --corpus") from None

@@ -77,18 +77,36 @@ def evaluate(model: Model, text: str, window: int = 1000) -> dict:
 
 
 QUANTITIES = ("h", "c", "i", "f", "g", "o")
+GATES = ("i", "f", "g", "o")
+
+
+def _quantity(caches, name: str, hidden: int) -> np.ndarray:
+    """(L, T, H) of one quantity from a batch-1 forward pass's caches."""
+    if name == "h":
+        return np.stack([c.hiddens[1:, 0] for c in caches])
+    if name == "c":
+        return np.stack([c.cells[1:, 0] for c in caches])
+    k = GATES.index(name)
+    return np.stack([c.gates[:, 0, k * hidden:(k + 1) * hidden] for c in caches])
 
 
 def activations(model: Model, text: str) -> dict:
     """Runs text from a zero state. Returns {"h", "c", "i", "f", "g", "o": (L, T, H) arrays,
-    "probs": (T, V) next-character probabilities after each character}."""
+    "probs": (T, V) next-character probabilities after each character}. Memory grows with
+    the text: for long texts use stream_activations."""
     indices = encode(text, model.vocab)
     logits, caches, _ = model.run(indices, model.zero_state())
-    H = model.hidden
-    out = {"h": np.stack([c.hiddens[1:, 0] for c in caches]),
-           "c": np.stack([c.cells[1:, 0] for c in caches])}
-    for k, name in enumerate(("i", "f", "g", "o")):
-        out[name] = np.stack([c.gates[:, 0, k * H:(k + 1) * H] for c in caches])
+    out = {name: _quantity(caches, name, model.hidden) for name in QUANTITIES}
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     out["probs"] = shifted / shifted.sum(axis=1, keepdims=True)
     return out
+
+
+def stream_activations(model: Model, text: str, quantity: str, window: int = 4096):
+    """Yields (start, (L, w, H)) for one quantity, window by window with the state carried:
+    the same values as activations(), in memory bounded by the window."""
+    indices = encode(text, model.vocab)
+    state = model.zero_state()
+    for start in range(0, indices.size, window):
+        _, caches, state = model.run(indices[start:start + window], state)
+        yield start, _quantity(caches, quantity, model.hidden)

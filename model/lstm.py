@@ -89,8 +89,8 @@ def _layer_backward(cache: LayerCache, W_h: np.ndarray, dH: np.ndarray,
     slope = np.empty((B, H4), dtype=gates.dtype)
     recurrent_product = RecurrentProduct(W_h.T, B, T, blocked)      # (4H, H)
     for t in range(T - 1, -1, -1):
-        g_t, dz = gates[t], dZ[t]
-        i, f, g, o = g_t[:, :H], g_t[:, H:2 * H], g_t[:, 2 * H:3 * H], g_t[:, 3 * H:]
+        gates_t, dz = gates[t], dZ[t]                                # (B, 4H) each
+        i, f, g, o = gates_t[:, :H], gates_t[:, H:2 * H], gates_t[:, 2 * H:3 * H], gates_t[:, 3 * H:]
         np.add(dH[t], dh_recurrent, out=dh)
         np.multiply(dh, tanh_cells[t], out=dz[:, 3 * H:])           # d o
         np.multiply(tanh_cells[t], tanh_cells[t], out=scratch)       # dc += dh*o*(1 - tanh^2)
@@ -102,8 +102,8 @@ def _layer_backward(cache: LayerCache, W_h: np.ndarray, dH: np.ndarray,
         np.multiply(dc, cells[t], out=dz[:, H:2 * H])                # d f
         np.multiply(dc, i, out=dz[:, 2 * H:3 * H])                   # d g
         dc *= f                                                      # dc_{t-1}
-        np.subtract(1, g_t, out=slope)                               # sigmoid' = s(1-s)
-        slope *= g_t
+        np.subtract(1, gates_t, out=slope)                           # sigmoid' = s(1-s)
+        slope *= gates_t
         np.multiply(g, g, out=slope[:, 2 * H:3 * H])                 # tanh' = 1 - g^2
         np.subtract(1, slope[:, 2 * H:3 * H], out=slope[:, 2 * H:3 * H])
         dz *= slope

@@ -2,7 +2,7 @@
 
 OpenBLAS multiplies without packing its operands when M*N*K <= 1e6 (its "small matrix"
 kernel, built for AVX-512 CPUs). A recurrent product has M = the chunks in a batch (12-25), and
-packing the 4 MB W_h on every time step dominates it. Cut into contiguous column blocks under
+packing the whole W_h on every time step dominates it. Cut into contiguous column blocks under
 that size and issued as one stacked numpy matmul, the product avoids the packing; where the
 BLAS has no such kernel (AVX2-only CPUs) the blocks are slower than one product (README,
 Performance).

@@ -27,6 +27,17 @@ DEFAULT_EPOCHS = 50
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def check_paths(corpus_path: str, save_dir: str) -> None:
+    """The run's files can be read and written; ValueError (one line) if not."""
+    if os.path.exists(save_dir) and not os.path.isdir(save_dir):
+        raise ValueError(f"--save-dir {save_dir} is a file, not a folder; choose a folder for "
+                         f"checkpoints and metrics")
+    if not os.path.isfile(corpus_path):
+        what = "is a directory" if os.path.isdir(corpus_path) else "not found"
+        raise ValueError(f"corpus {corpus_path} {what}; run `python scripts/fetch_data.py` or pass "
+                         f"--corpus PATH")
+
+
 def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) -> int:
     """The step a run trains to: --steps, else --epochs (default DEFAULT_EPOCHS) in steps."""
     if steps is not None:
@@ -96,6 +107,7 @@ class TrainingRun:
         self.log, self.log_every, self.on_step = log, log_every, on_step
         self.save_dir = save_dir
         self.checkpoint_every = checkpoint_every
+        check_paths(corpus_path, save_dir)
         text = read_corpus(corpus_path)
         self.corpus, config = make_corpus(text, config)
         state = None if fresh else load_latest_state(save_dir, log)

@@ -16,6 +16,7 @@ import shutil
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 
 ZAP_DOMAIN = "charlstm"
@@ -49,19 +50,32 @@ def create_keys(directory: str, clients: list[str]) -> None:
 
 
 class CurveServer:
-    """Apply to the coordinator's ROUTER before bind; call stop() when the socket is closed."""
+    """Apply to the coordinator's ROUTER before bind; call stop() when the socket is closed.
+    Each refused handshake is reported to on_refused (one line, with the offered public key)."""
 
     def __init__(self, directory: str):
         self.public, self.secret = _load(os.path.join(directory, "coordinator.key_secret"), True)
         self.authorized = os.path.join(directory, "authorized")
         if not os.path.isdir(self.authorized) or not any(f.endswith(".key") for f in os.listdir(self.authorized)):
             raise SecurityError(f"no authorised public keys in {self.authorized}; every peer would be refused")
+        self.admitted = set(zmq.auth.load_certificates(self.authorized))     # z85 public keys
         self.authenticator: ThreadAuthenticator | None = None
+        self.on_refused = None
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        """The ZAP check (pyzmq's credentials-provider hook), run in the authenticator's thread
+        for every CURVE handshake; client_key is the offered public key in Z85."""
+        if client_key in self.admitted:
+            return True
+        if self.on_refused is not None:
+            self.on_refused(f"refused a CurveZMQ handshake: public key {client_key.decode(errors='replace')} "
+                            f"is not in {self.authorized}")
+        return False
 
     def __call__(self, socket: zmq.Socket) -> None:
         self.authenticator = ThreadAuthenticator(socket.context)
         self.authenticator.start()
-        self.authenticator.configure_curve(domain=ZAP_DOMAIN, location=self.authorized)
+        self.authenticator.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
         socket.curve_secretkey = self.secret
         socket.curve_publickey = self.public
         socket.curve_server = True
@@ -84,3 +98,29 @@ class CurveClient:
         socket.curve_secretkey = self.secret
         socket.curve_publickey = self.public
         socket.curve_serverkey = self.server_public
+
+
+class HandshakeWatch:
+    """The client's view of its CURVE handshakes (a libzmq socket monitor): the coordinator's
+    ZAP refusal arrives as a failed handshake with status 400, which is otherwise silent."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+
+    def __init__(self, socket: zmq.Socket):
+        self.monitor = socket.get_monitor_socket(self.EVENTS)
+
+    def refusal(self) -> str | None:
+        """Why the last handshake failed, if one did since the last call; never blocks."""
+        reason = None
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                reason = (f"the coordinator refused this key (ZAP status {event['value']}): add its public "
+                          f"key to the coordinator's authorized/ folder, or use --key-name of an authorised client")
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                reason = ("the CurveZMQ handshake failed: the coordinator's key in the key folder does not "
+                          "match the coordinator, or it runs without --curve-keys")
+        return reason
+
+    def close(self) -> None:
+        self.monitor.close(linger=0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 import time
 
 import numpy as np
@@ -26,8 +27,13 @@ class RateLimitedLog:
     def __init__(self, log=log_line, burst: int = 20, interval_s: float = 10.0):
         self.log, self.burst, self.interval_s = log, burst, interval_s
         self.window_start, self.in_window, self.suppressed, self.total = 0.0, 0, 0, 0
+        self.lock = threading.Lock()        # the ZAP thread reports refused handshakes here too
 
     def __call__(self, text: str) -> None:
+        with self.lock:
+            self._count(text)
+
+    def _count(self, text: str) -> None:
         self.total += 1
         now = time.monotonic()
         if now - self.window_start >= self.interval_s:
@@ -42,6 +48,10 @@ class RateLimitedLog:
 
     def flush(self) -> None:
         """Reports what the current window suppressed, so every rejection is accounted for."""
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if self.suppressed:
             self.log(f"... {self.suppressed} similar lines suppressed in the last {self.interval_s:g}s")
             self.suppressed = 0

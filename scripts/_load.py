@@ -1,4 +1,5 @@
 """Loading a model for the user-facing scripts: from a file or from a live coordinator."""
+import math
 import os
 
 import _paths
@@ -17,8 +18,8 @@ LATEST = os.path.join(_paths.SAVES, "checkpoint.npz")
 
 def add_model_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="a checkpoint or model-only .npz (default: the shipped "
-                        "saves/shakespeare.npz, else saves/checkpoint.npz)")
+    source.add_argument("--checkpoint", help="a checkpoint or model-only .npz (default: your own "
+                        "saves/checkpoint.npz when it exists, else the shipped saves/shakespeare.npz)")
     source.add_argument("--coordinator", help="pull the live weights from a running coordinator, e.g. tcp://HOST:5555")
     parser.add_argument("--curve-keys", metavar="DIR", help="with --coordinator: CurveZMQ key folder")
     parser.add_argument("--key-name", default="sampler", help="with --curve-keys: DIR/clients/NAME.key_secret "
@@ -27,14 +28,33 @@ def add_model_arguments(parser) -> None:
                         help="with --coordinator: seconds to wait for the weights (default: %(default)s)")
 
 
-def load_from_args(args) -> Model:
-    """Raises CheckpointError / PullError / FileNotFoundError with a message fit for the user."""
+def load_meta_params(args):
+    """(meta, flat params, where from) for the model the flags name. Raises CheckpointError /
+    PullError / ValueError with a message fit for the user."""
     if args.coordinator:
         from coordinator.client import pull_model
         curve = CurveClient(args.curve_keys, args.key_name) if args.curve_keys else None
-        return Model(*pull_model(args.coordinator, args.pull_timeout, curve))
-    path = args.checkpoint or (SHIPPED if os.path.exists(SHIPPED) else LATEST)
-    return Model(*load_model(path))
+        meta, params = pull_model(args.coordinator, args.pull_timeout, curve)
+        return meta, params, f"the live weights of the coordinator at {args.coordinator}"
+    path = args.checkpoint or (LATEST if os.path.exists(LATEST) else SHIPPED)
+    meta, params = load_model(path)
+    shipped = " (the shipped model; train your own or pass --checkpoint)" if path == SHIPPED else ""
+    return meta, params, f"{path}{shipped}"
+
+
+def load_from_args(args) -> Model:
+    """The model the flags name; model.source says which one it is, for the user."""
+    meta, params, source = load_meta_params(args)
+    model = Model(meta, params)
+    model.source = f"model: {source}, step {meta.get('step', '?')}"
+    return model
+
+
+def finite_positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError
+    return value
 
 
 def read_text_file(path: str) -> str:
@@ -45,3 +65,5 @@ def read_text_file(path: str) -> str:
         raise ValueError(f"text file {path} not found") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"text file {path} is not UTF-8 ({error})") from None
+    except IsADirectoryError:
+        raise ValueError(f"text file {path} is a directory") from None

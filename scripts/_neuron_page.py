@@ -63,7 +63,7 @@ def neuron_section(label: str, text: str, values: np.ndarray, probs: np.ndarray,
     return f"<h2>{html.escape(label)}</h2>" + text_block(text, values, probs, vocab)
 
 
-def index_page(title: str, ranking: dict, links: dict) -> str:
+def index_page(title: str, ranking: dict, links: dict, absent=()) -> str:
     rows = []
     for feature, entries in ranking.items():
         for rank, (layer, neuron, score) in enumerate(entries, 1):
@@ -74,6 +74,9 @@ def index_page(title: str, ranking: dict, links: dict) -> str:
     table = ("<p>Score: absolute Pearson correlation over the text between the neuron's activation "
              "after each character and the feature's value there.</p><table><tr><th>feature</th><th>#</th>"
              "<th>neuron</th><th>score</th></tr>" + "".join(rows) + "</table>")
+    if absent:
+        table += ("<p>Not present in this text (constant throughout, so no neuron can track them): "
+                  + ", ".join(html.escape(name) for name in absent) + ".</p>")
     return page(title, table)
 
 

@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import _paths
+from model.cli import Parser
 from model.threads import blas_thread_env
 
 DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
@@ -109,7 +110,7 @@ def pytorch(layers, hidden, chunks, seq_len, vocab, steps, warmup, threads):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser = Parser(description=__doc__)
     parser.add_argument("--child-in-process", help=argparse.SUPPRESS)
     parser.add_argument("--child-end-to-end", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="for the end-to-end runs (default: %(default)s)")

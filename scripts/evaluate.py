@@ -1,8 +1,8 @@
 """Mean next-character loss of a model over a text (state carried from zero), in nats and bits."""
-import argparse
 import json
 import sys
 
+from model.cli import Parser
 from _load import USER_ERRORS, add_model_arguments, load_from_args, read_text_file
 
 from model.corpus import split_point
@@ -10,7 +10,7 @@ from model.inference import evaluate
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--text", required=True, help="UTF-8 text file to evaluate on")
     parser.add_argument("--tail-fraction", type=float, default=None,
@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
+        if args.tail_fraction is not None and not 0 < args.tail_fraction <= 1:
+            raise ValueError(f"--tail-fraction must be in (0, 1] (got {args.tail_fraction})")
         model = load_from_args(args)
         text = read_text_file(args.text)
         if args.tail_fraction is not None:
@@ -27,6 +29,7 @@ def main(argv=None) -> int:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(model.source, file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

@@ -1,29 +1,31 @@
 """Write a small model-only file (parameters and meta, no optimizer state) for sampling,
-evaluation and visualisation; sample.py, evaluate.py and visualize.py accept it like a checkpoint."""
-import argparse
+evaluation and visualisation, from a checkpoint or from the live weights of a running
+coordinator; sample.py, evaluate.py and visualize.py accept it like a checkpoint."""
 import os
 import sys
 
-import _paths
+from model.cli import Parser
+from _load import USER_ERRORS, add_model_arguments, load_meta_params
 
-from model.checkpoint import CheckpointError, export_model
+from model.checkpoint import model_arrays, write_npz_atomic
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", default=os.path.join(_paths.SAVES, "checkpoint.npz"),
-                        help="training checkpoint or best.npz to export (default: %(default)s)")
+    parser = Parser(description=__doc__)
+    add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="the model-only .npz to write")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                         help="storage precision; float16 halves the file, computation stays float32 "
                              "(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        meta = export_model(args.checkpoint, args.out, args.dtype)
-    except (CheckpointError, OSError) as error:
+        meta, params, source = load_meta_params(args)
+        write_npz_atomic(args.out, model_arrays(meta, params, args.dtype), compressed=True)
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB, step {meta.get('step')}, {args.dtype})")
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB, step {meta.get('step')}, "
+          f"{args.dtype}) from {source}")
     return 0
 
 

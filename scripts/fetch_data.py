@@ -1,5 +1,4 @@
 """Download tiny shakespeare to saves/tinyshakespeare.txt and check its sha256."""
-import argparse
 import hashlib
 import os
 import shutil
@@ -8,6 +7,7 @@ import urllib.error
 import urllib.request
 
 import _paths
+from model.cli import Parser
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -15,7 +15,7 @@ DEFAULT_OUT = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     parser.add_argument("--from", dest="source", help="copy this local file instead of downloading")
     parser.add_argument("--out", default=DEFAULT_OUT, help="where to write it (default: %(default)s)")
     parser.add_argument("--url", default=URL, help="download address (default: %(default)s)")

@@ -7,11 +7,12 @@ import argparse
 import sys
 
 
+from model.cli import Parser
 from protocol.security import SecurityError, create_keys
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", help="key folder to create or extend, e.g. keys/")
     parser.add_argument("--clients", nargs="+", default=["worker", "sampler"],
                         help="client key pairs to create and authorise (default: %(default)s)")

@@ -1,10 +1,10 @@
 """Training and validation loss against step and wall time: a self-contained HTML/SVG page
 (needs nothing installed) and, with --png, a PNG via matplotlib (an optional extra)."""
-import argparse
 import os
 import sys
 
 
+from model.cli import Parser
 from model.curves import moving_average, read_metrics, step_chart_svg, write_curves
 
 
@@ -31,10 +31,11 @@ def write_png(save_dir: str, out: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     parser.add_argument("--save-dir", default="saves", help="folder with metrics.jsonl (default: %(default)s)")
     parser.add_argument("--png", help="also write this PNG (needs matplotlib)")
-    parser.add_argument("--svg", help="also write the loss-against-step chart alone as this SVG")
+    parser.add_argument("--svg", help="also write the loss-against-step chart alone as this SVG; a bare "
+                        "file name goes into --save-dir")
     args = parser.parse_args(argv)
     page = write_curves(args.save_dir)
     if page is None:
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
         return 2
     print(f"wrote {page}")
     if args.svg:
+        if not os.path.dirname(args.svg):
+            args.svg = os.path.join(args.save_dir, args.svg)
         with open(args.svg, "w", encoding="utf-8") as handle:
             handle.write(step_chart_svg(os.path.join(args.save_dir, "metrics.jsonl")))
         print(f"wrote {args.svg}")

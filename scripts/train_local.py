@@ -7,27 +7,28 @@ model) and, once the run has reached its target, exports the best checkpoint whe
 import os
 import sys
 
+from model.threads import one_blas_thread
 
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")
+one_blas_thread()
 
 import argparse  # noqa: E402
 
 from coordinator.launcher import LocalCluster, train_in_process  # noqa: E402
 from model.checkpoint import CheckpointError, export_model, load_model  # noqa: E402
-from model.cli import RecipeError, add_training_arguments, load_recipe  # noqa: E402
-from model.run import target_steps  # noqa: E402
+from model.cli import Parser, RecipeError, add_training_arguments, load_recipe  # noqa: E402
+from model.run import check_paths, target_steps  # noqa: E402
+from protocol import LIVENESS_S  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser = Parser(description=__doc__)
     parser.add_argument("--recipe", help="JSON recipe whose flags become the defaults (see saves/README.md)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes; 0 trains in this process (default: cores = %(default)s)")
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="BLAS threads per worker process; workers x threads should not exceed the "
                              "cores (default: %(default)s)")
-    parser.add_argument("--liveness", type=float, default=10.0,
+    parser.add_argument("--liveness", type=float, default=LIVENESS_S,
                         help="seconds of silence before a worker is declared dead (default: %(default)s)")
     parser.add_argument("--plot-every", type=int, default=100,
                         help="refresh <save-dir>/curves.html every N steps; 0 = never (default: %(default)s)")
@@ -71,6 +72,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be >= 0")
+    try:
+        check_paths(args.corpus, args.save_dir)      # before any process starts
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     code = train_in_process(args) if args.workers == 0 else LocalCluster(args).run()
     if code == 0 and recipe and recipe.get("export"):
         code = export_if_finished(args, recipe["export"])

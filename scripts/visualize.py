@@ -7,18 +7,28 @@ import sys
 
 import _paths
 import numpy as np
+from model.cli import Parser
 from _load import USER_ERRORS, add_model_arguments, load_from_args, read_text_file
 from _neuron_page import index_page, neuron_section, page, write_png
 
-from model.corpus import read_corpus, split_point
-from model.inference import QUANTITIES, activations, sample
-from model.neurons import rank_neurons
+from model.corpus import encode, read_corpus, split_point
+from model.inference import QUANTITIES, activations, sample, stream_activations
+from model.neurons import FeatureScores, features
 
 DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
+DEFAULT_LENGTH = 2000
+DEFAULT_EXCERPT = 2000
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
 
 
 def default_text(model, length: int) -> str:
-    """2,000 characters from the start of the held-out tail of the corpus, else the model's own text."""
+    """The start of the held-out tail of the corpus, else the model's own text."""
     if os.path.exists(DEFAULT_CORPUS):
         text = read_corpus(DEFAULT_CORPUS)
         return text[split_point(len(text), 0.1):][:length]
@@ -30,35 +40,54 @@ def shown_values(acts: dict, quantity: str, layer: int, neuron: int) -> np.ndarr
     return np.tanh(values) if quantity == "c" else values    # c through tanh so it stays in -1..1
 
 
-def find(model, text: str, acts: dict, out_dir: str, top: int, quantity: str) -> str:
-    ranking = rank_neurons(acts[quantity], text, top)
+def excerpt_label(text: str, excerpt: str) -> str:
+    return "" if len(excerpt) == len(text) else f" (first {len(excerpt):,} of {len(text):,} characters)"
+
+
+def find(model, text: str, excerpt: str, out_dir: str, top: int, quantity: str) -> str:
+    """Scores every neuron over the whole text in bounded memory; pages show the excerpt."""
+    scores = FeatureScores(features(text))
+    for start, acts in stream_activations(model, text, quantity):          # acts (L, w, H)
+        scores.add(start, acts.transpose(0, 2, 1).reshape(-1, acts.shape[1]))
+    ranking = scores.ranking(model.hidden, top)
+    acts = activations(model, excerpt)
     os.makedirs(out_dir, exist_ok=True)
     links = {}
     for entries in ranking.values():
         for layer, neuron, _ in entries:
-            name = f"layer{layer}_neuron{neuron}.html"
-            if (layer, neuron) not in links:
-                links[(layer, neuron)] = name
-                section = neuron_section(f"layer {layer}, neuron {neuron}, {quantity}", text,
-                                         shown_values(acts, quantity, layer, neuron), acts["probs"], model.vocab)
-                with open(os.path.join(out_dir, name), "w", encoding="utf-8") as handle:
-                    handle.write(page(f"layer {layer} neuron {neuron}", section))
+            if (layer, neuron) in links:
+                continue
+            name = links[(layer, neuron)] = f"layer{layer}_neuron{neuron}.html"
+            section = neuron_section(f"layer {layer}, neuron {neuron}, {quantity}{excerpt_label(text, excerpt)}",
+                                     excerpt, shown_values(acts, quantity, layer, neuron), acts["probs"],
+                                     model.vocab)
+            with open(os.path.join(out_dir, name), "w", encoding="utf-8") as handle:
+                handle.write(page(f"layer {layer} neuron {neuron}", section))
+    absent = [name for name in scores.names if name not in ranking]
     index = os.path.join(out_dir, "index.html")
     with open(index, "w", encoding="utf-8") as handle:
-        handle.write(index_page(f"Neurons that track character-level features ({quantity})", ranking, links))
+        handle.write(index_page(f"Neurons that track character-level features ({quantity}) over "
+                                f"{len(text):,} characters", ranking, links, absent))
     print(f"{'feature':24s} {'rank':>4s}  {'layer':>5s} {'neuron':>6s}  score")
     for feature, entries in ranking.items():
         for rank, (layer, neuron, score) in enumerate(entries, 1):
             print(f"{feature if rank == 1 else '':24s} {rank:4d}  {layer:5d} {neuron:6d}  {score:.3f}")
+    for feature in absent:
+        print(f"{feature:24s} not present in this text")
     return index
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--text", help="UTF-8 file to run through the model (default: 2,000 chars of the "
                         "held-out tail of saves/tinyshakespeare.txt, else text the model samples)")
-    parser.add_argument("--length", type=int, default=2000, help="characters of the default text (default: %(default)s)")
+    parser.add_argument("--length", type=positive_int,
+                        help=f"use the first N characters of the text (default: {DEFAULT_LENGTH:,} of the "
+                             "default text, all of a --text file)")
+    parser.add_argument("--excerpt", type=positive_int, default=DEFAULT_EXCERPT,
+                        help="characters shown on each page; --find still scores the whole text "
+                             "(default: %(default)s)")
     parser.add_argument("--layer", type=int, default=0, help="layer of the neuron(s) (default: %(default)s)")
     parser.add_argument("--neuron", type=int, nargs="+", default=[0], help="one or several neuron indices")
     parser.add_argument("--quantity", default="h", help=f"one of {', '.join(QUANTITIES)} (default: h; "
@@ -78,22 +107,28 @@ def main(argv=None) -> int:
         bad = [n for n in args.neuron if not 0 <= n < model.hidden]
         if bad:
             raise ValueError(f"--neuron {bad[0]} is out of range: layers have neurons 0..{model.hidden - 1}")
-        text = read_text_file(args.text) if args.text else default_text(model, args.length)
-        acts = activations(model, text)
+        if args.text:
+            text = read_text_file(args.text)[:args.length]
+        else:
+            text = default_text(model, args.length or DEFAULT_LENGTH)
+        encode(text, model.vocab)              # unknown characters: one line, before any work
+        excerpt = text[:args.excerpt]
         if args.find:
             out_dir = args.out or os.path.join(_paths.SAVES, "neurons")
-            print(f"wrote {find(model, text, acts, out_dir, args.top, args.quantity)}")
+            print(f"wrote {find(model, text, excerpt, out_dir, args.top, args.quantity)}")
             return 0
+        acts = activations(model, excerpt)
         out = args.out or os.path.join(_paths.SAVES, "neurons.html")
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         sections = []
         for neuron in args.neuron:
             values = shown_values(acts, args.quantity, args.layer, neuron)
-            sections.append(neuron_section(f"layer {args.layer}, neuron {neuron}, {args.quantity}", text,
-                                           values, acts["probs"], model.vocab))
+            sections.append(neuron_section(f"layer {args.layer}, neuron {neuron}, {args.quantity}"
+                                           f"{excerpt_label(text, excerpt)}", excerpt, values, acts["probs"],
+                                           model.vocab))
             if args.png:
                 png = os.path.splitext(out)[0] + f"_l{args.layer}n{neuron}.png"
-                write_png(png, text, values)
+                write_png(png, excerpt, values)
                 print(f"wrote {png}")
         with open(out, "w", encoding="utf-8") as handle:
             handle.write(page(f"layer {args.layer}: {args.quantity} of neuron(s) "

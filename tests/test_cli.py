@@ -1,17 +1,51 @@
 """The user-facing scripts: help texts and error paths (one line on stderr, exit 2, no traceback)."""
 import hashlib
+import subprocess
+import sys
 
 import pytest
 
 import helpers
 
-SCRIPTS = ["fetch_data.py", "sample.py", "evaluate.py", "train_local.py", "bench.py"]
+SCRIPTS = ["fetch_data.py", "sample.py", "evaluate.py", "train_local.py", "bench.py", "export.py",
+           "plot.py", "visualize.py", "make_keys.py"]
+MODULES = ["coordinator", "worker"]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_documents_flags(script):
-    result = helpers.run_script(script, "--help")
-    assert "usage:" in result.stdout and "--" in result.stdout
+def undocumented_options(help_text: str) -> list[str]:
+    """Options in an argparse help listing with no help text (on their line or the next)."""
+    lines = help_text.splitlines()
+    missing = []
+    for k, line in enumerate(lines):
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if not stripped.startswith("--") or stripped.startswith("--help") or indent > 4:
+            continue                     # an option line is indented 2; wrapped help text more
+        described = "  " in stripped
+        following = lines[k + 1] if k + 1 < len(lines) else ""
+        if not described and following.startswith(" " * 10) and not following.strip().startswith("-"):
+            described = True
+        if not described:
+            missing.append(stripped.split()[0])
+    return missing
+
+
+@pytest.mark.parametrize("command", SCRIPTS + MODULES)
+def test_every_flag_has_help(command):
+    if command in MODULES:
+        result = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True, text=True,
+                                timeout=60, env=helpers.env())
+    else:
+        result = helpers.run_script(command, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+    options = [line for line in result.stdout.splitlines() if line.startswith("  --")]
+    assert options
+    assert undocumented_options(result.stdout) == []
+
+
+def test_the_help_checker_finds_an_undocumented_flag():
+    listing = "options:\n  -h, --help  show this\n  --seed SEED\n  --lr LR     learning rate\n"
+    assert undocumented_options(listing) == ["--seed"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +60,9 @@ def checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("args, message", [
     (["--checkpoint", "/nonexistent/x.npz"], "does not exist"),
     (["--prime", "é"], "not in the model's vocabulary"),
-    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--temperature", "0"], "--temperature: must be a finite number > 0"),
+    (["--temperature", "nan"], "--temperature: must be a finite number > 0"),
+    (["--temperature", "inf"], "--temperature: must be a finite number > 0"),
 ])
 def test_sample_errors(checkpoint, args, message):
     if "--checkpoint" not in args:
@@ -38,7 +74,7 @@ def test_sample_errors(checkpoint, args, message):
 
 def test_sample_and_evaluate_work(checkpoint, tmp_path):
     result = helpers.run_script("sample.py", "--checkpoint", checkpoint, "--length", 25, "--seed", 4)
-    assert len(result.stdout) == 26
+    assert len(result.stdout) == 27                    # the echoed prime "\n", 25 characters, "\n"
     text = tmp_path / "t.txt"
     text.write_text("ANNA:\nThe lord and the crown.\n", encoding="utf-8")
     import json

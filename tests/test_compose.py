@@ -90,7 +90,7 @@ def test_services_run_as_local_processes(compose, tmp_path):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = sampler.communicate(timeout=60)
         assert sampler.returncode == 0, err
-        assert len(out) == 31
+        assert len(out) == 32                 # the echoed prime "\n", 30 characters, "\n"
     finally:
         helpers.stop_all(coordinator)
 

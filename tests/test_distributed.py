@@ -88,7 +88,14 @@ def test_pull_live_weights_while_training(corpus, tmp_path):
         meta, params = pull_model(endpoint, timeout_s=10)
         assert meta["hidden"] == 48 and meta["step"] >= 2 and np.isfinite(params).all()
         result = helpers.run_script("sample.py", "--coordinator", endpoint, "--length", 40, "--seed", 1)
-        assert len(result.stdout) == 41 and result.stdout.endswith("\n")
+        assert len(result.stdout) == 42 and result.stdout.endswith("\n")      # prime "\n" + 40 + "\n"
+        assert f"model: the live weights of the coordinator at {endpoint}" in result.stderr
+        exported = os.path.join(save_dir, "live.npz")
+        helpers.run_script("export.py", "--coordinator", endpoint, "--out", exported)
+        for script, flags in (("sample.py", ["--length", 5]), ("evaluate.py", ["--text", corpus]),
+                              ("visualize.py", ["--text", corpus, "--length", 300, "--out",
+                                                os.path.join(save_dir, "n.html")])):
+            helpers.run_script(script, "--checkpoint", exported, *flags)
         before = helpers.last_step(save_dir)
         helpers.wait_for(lambda: helpers.last_step(save_dir) > before + 2, 30, "training to go on")
         coordinator.send_signal(signal.SIGTERM)

@@ -20,7 +20,7 @@ def setup(chunks=5):
 
 def compute_push(server, item, computer):
     arrays = server.work_arrays(item)
-    work = Message("work", {"token": item.token, "step": item.step, "chunks": list(item.chunks)}, arrays)
+    work = Message("work", {"token": item.token, "step": item.step, "chunks": list(item.group)}, arrays)
     push = computer.compute(work)
     return Contribution(push["loss"], push.arrays["grad"], push.arrays["h"], push.arrays["c"], 0.0)
 
@@ -41,7 +41,7 @@ def test_workers_compute_the_same_step_as_the_single_process_path():
         items = server.start_step()
         assert sorted(i.token for i in items) == sorted(tokens)
         for item in reversed(items):                 # arrival order must not matter
-            assert server.accept_push(item.token, item.step, item.chunks,
+            assert server.accept_push(item.token, item.step, item.group,
                                       compute_push(server, item, computer)) == ("accepted", None)
         apply_step(server.state, optimizer, server.collect(), server.state.params.copy())
         local_steps(reference, corpus)
@@ -55,13 +55,13 @@ def test_duplicates_stale_steps_and_foreign_chunks_change_nothing():
     a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
     items = {i.token: i for i in server.start_step()}
     contribution = compute_push(server, items[a], computer)
-    assert server.accept_push(a, 0, items[a].chunks, contribution) == ("accepted", None)
-    assert server.accept_push(a, 0, items[a].chunks, contribution) == ("duplicate", None)
-    status, reason = server.accept_push(a, 0, items[b].chunks, contribution)
+    assert server.accept_push(a, 0, items[a].group, contribution) == ("accepted", None)
+    assert server.accept_push(a, 0, items[a].group, contribution) == ("duplicate", None)
+    status, reason = server.accept_push(a, 0, items[b].group, contribution)
     assert status is None and "not assigned" in reason
-    status, reason = server.accept_push(a, 5, items[a].chunks, contribution)
+    status, reason = server.accept_push(a, 5, items[a].group, contribution)
     assert status is None and "not the step in flight" in reason
-    assert server.accept_push(12345, 0, items[a].chunks, contribution)[0] is None
+    assert server.accept_push(12345, 0, items[a].group, contribution)[0] is None
     assert len(server.in_flight.received) == 1
 
 
@@ -72,13 +72,13 @@ def test_a_dead_worker_s_chunks_move_whole_and_its_token_is_fenced():
     items = {i.token: i for i in server.start_step()}
     server.heard_from(a, 4.0)
     dead, moved = server.reap(6.0)
-    assert dead == [b] and [(m.token, m.chunks) for m in moved] == [(a, items[b].chunks)]
+    assert dead == [b] and [(m.token, m.group) for m in moved] == [(a, items[b].group)]
     late = compute_push(server, items[b], computer)
-    assert server.accept_push(b, 0, items[b].chunks, late)[0] is None
+    assert server.accept_push(b, 0, items[b].group, late)[0] is None
     for item in (items[a], moved[0]):
-        assert server.accept_push(a, 0, item.chunks, compute_push(server, item, computer))[0] == "accepted"
+        assert server.accept_push(a, 0, item.group, compute_push(server, item, computer))[0] == "accepted"
     assert server.in_flight.complete
-    assert sorted(server.collect()) == sorted([items[a].chunks, moved[0].chunks])
+    assert sorted(server.collect()) == sorted([items[a].group, moved[0].group])
     assert server.in_flight is None
 
 
@@ -89,7 +89,7 @@ def test_a_joining_worker_gets_chunks_at_the_next_step():
     (item,) = server.start_step()
     b = server.register(b"b", "b", 0.0)
     assert server.start_step() == []                 # a step is in flight
-    server.accept_push(a, 0, item.chunks, compute_push(server, item, computer))
+    server.accept_push(a, 0, item.group, compute_push(server, item, computer))
     server.collect()
     assert {i.token for i in server.start_step()} == {a, b}
 
@@ -121,9 +121,9 @@ def test_a_worker_registering_again_mid_step_gets_its_groups_back():
     items = {i.token: i for i in server.start_step()}
     b2 = server.register(b"b", "b", 0.0)
     moved = server.orphaned_work()
-    assert len(moved) == 1 and moved[0].chunks == items[b].chunks and moved[0].token in (a, b2)
+    assert len(moved) == 1 and moved[0].group == items[b].group and moved[0].token in (a, b2)
     for item in [items[a], *moved]:
-        assert server.accept_push(item.token, 0, item.chunks, compute_push(server, item, computer))[0] == "accepted"
+        assert server.accept_push(item.token, 0, item.group, compute_push(server, item, computer))[0] == "accepted"
     assert server.in_flight.complete and b2 in server.workers and b not in server.workers
 
 
@@ -133,7 +133,7 @@ def test_a_reused_gradient_buffer_gives_the_same_push_as_a_fresh_one():
     server.register(b"w", "w", 0.0)
     item = server.start_step()[0]
     arrays = server.work_arrays(item)
-    work = Message("work", {"token": item.token, "step": item.step, "chunks": list(item.chunks)}, arrays)
+    work = Message("work", {"token": item.token, "step": item.step, "chunks": list(item.group)}, arrays)
     fresh = computer.compute(work)
     stale = np.full(computer.layout.total, np.nan)           # every element must be overwritten
     reused = computer.compute(work, stale)

@@ -35,7 +35,7 @@ def test_validation_best_export_and_curves(tmp_path):
     exported = json.loads(helpers.run_script("evaluate.py", "--checkpoint", out, "--text", corpus,
                                            "--tail-fraction", 0.2, "--json").stdout)
     assert abs(exported["nats_per_char"] - validations[-1]["val_loss"]) < 5e-3
-    assert len(helpers.run_script("sample.py", "--checkpoint", out, "--length", 20).stdout) == 21
+    assert len(helpers.run_script("sample.py", "--checkpoint", out, "--length", 20).stdout) == 22
     page = (save_dir / "curves.html").read_text()
     assert page.count("<svg") == 2 and "best validation loss" in page and "src=" not in page
 

@@ -1,4 +1,6 @@
 """The per-step recurrent product cut into column blocks gives the same numbers as one product."""
+import os
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,43 @@ def test_sampled_gradient_check_on_the_blocked_path_float64(blocks_everywhere):
             view[k] = saved
             numeric = (plus - minus) / 2e-5
             assert abs(numeric - analytic[k]) <= 1e-6 * max(1.0, abs(numeric)), (name, k)
+
+
+def test_a_run_s_bits_depend_only_on_its_recorded_form(tmp_path):
+    """Each form forced in turn (12 rows per worker: the two forms round differently there): the
+    checkpoint records it, workers compute with it, reruns and a resume under "auto" repeat it
+    bit for bit, and the other form gives other bits."""
+    import helpers
+    from model.checkpoint import load_state
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(helpers.generated_text(6000), encoding="utf-8")
+    shape = ["--hidden", "256", "--chunks", "24", "--seq-len", "20", "--dtype", "float32",
+             "--workers", "2", "--checkpoint-every", "1"]
+
+    def run(name, *flags):
+        save_dir = str(tmp_path / name)
+        helpers.run_script("train_local.py", "--corpus", corpus, "--save-dir", save_dir, "--no-progress",
+                           *shape, *flags)
+        return load_state(os.path.join(save_dir, "checkpoint.npz"))
+
+    blocks = run("blocks", "--steps", 4, "--recurrent-form", "blocks")
+    assert blocks.config.recurrent_form == "blocks"
+    np.testing.assert_array_equal(run("again", "--steps", 4, "--recurrent-form", "blocks").params, blocks.params)
+    run("resumed", "--steps", 2, "--recurrent-form", "blocks")
+    resumed = run("resumed", "--steps", 4)               # auto: keeps the recorded form
+    assert resumed.config.recurrent_form == "blocks"
+    np.testing.assert_array_equal(resumed.params, blocks.params)
+    single = run("single", "--steps", 4, "--recurrent-form", "single")
+    assert single.config.recurrent_form == "single"
+    assert not np.array_equal(single.params, blocks.params)
+    np.testing.assert_allclose(single.params, blocks.params, rtol=1e-3, atol=1e-4)
+
+
+def test_a_worker_computes_with_the_run_s_form_whatever_its_cpu(monkeypatch):
+    from model.config import Config
+    from worker.compute import WorkerCompute
+    for cpu_rule in ("blocks", "single"):
+        monkeypatch.setattr(recurrent, "form_for_this_cpu", lambda: cpu_rule)
+        for form in ("blocks", "single"):
+            config = Config(hidden=8, chunks=2, seq_len=4, recurrent_form=form).to_dict()
+            assert WorkerCompute(config, "abc").gradients.blocked == (form == "blocks")

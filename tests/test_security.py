@@ -55,10 +55,16 @@ def test_authorised_clients_pull_and_workers_train(keys, secure_coordinator):
     assert [m["step"] for m in helpers.metrics(str(save_dir))] == [1, 2, 3]
 
 
-def test_unauthorised_key_is_refused(keys, secure_coordinator):
-    _, endpoint, _ = secure_coordinator
-    with pytest.raises(PullError):
-        pull_model(endpoint, 2, CurveClient(keys, "intruder"))
+def test_unauthorised_key_is_refused_and_both_sides_say_so(keys, secure_coordinator):
+    _, endpoint, save_dir = secure_coordinator
+    with pytest.raises(PullError, match="refused this key"):
+        pull_model(endpoint, 5, CurveClient(keys, "intruder"))
+    intruder_key = open(os.path.join(keys, "clients", "intruder.key")).read()
+    helpers.wait_for(lambda: "refused a CurveZMQ handshake" in (save_dir / "coordinator.log").read_text(),
+                     10, "the coordinator's log line")
+    line = next(l for l in (save_dir / "coordinator.log").read_text().splitlines() if "refused a CurveZMQ" in l)
+    offered = line.split("public key ")[1].split()[0]
+    assert offered in intruder_key
 
 
 def test_plain_text_peer_is_refused(secure_coordinator):
@@ -69,13 +75,16 @@ def test_plain_text_peer_is_refused(secure_coordinator):
 
 def test_an_unauthorised_worker_never_gets_work(keys, secure_coordinator):
     coordinator, endpoint, save_dir = secure_coordinator
+    log_path = str(save_dir / "intruder.log")
     intruder = helpers.spawn("worker", "--connect", endpoint, "--curve-keys", keys, "--key-name", "intruder",
-                           "--liveness", "1")
+                             "--liveness", "1", log_path=log_path)
     try:
-        with pytest.raises(AssertionError, match="timed out"):
-            helpers.wait_for(lambda: "registered" in (save_dir / "coordinator.log").read_text(), 3, "a registration")
+        assert intruder.wait(20) == 2          # it says why and stops, rather than waiting in silence
     finally:
         helpers.stop_all(intruder)
+    errors = [l for l in open(log_path).read().splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "refused this key" in errors[0]
+    assert "registered" not in (save_dir / "coordinator.log").read_text()
     assert helpers.metrics(str(save_dir)) == [] and coordinator.poll() is None
 
 

@@ -18,10 +18,11 @@ def test_shipped_model_loads_with_its_meta():
     assert os.path.getsize(SHIPPED) < 10_000_000
 
 
-def test_sample_without_a_checkpoint_uses_the_shipped_model():
-    result = helpers.run_script("sample.py", "--length", 300, "--seed", 1, "--temperature", 0.5)
+def test_the_shipped_model_writes_english_like_text():
+    result = helpers.run_script("sample.py", "--checkpoint", SHIPPED, "--length", 300, "--seed", 1,
+                                "--temperature", 0.5)
     text = result.stdout
-    assert len(text) == 301
+    assert len(text) == 302 and "the shipped model" in result.stderr
     words = [w for w in text.split() if w.isalpha()]
     common = {"the", "and", "to", "of", "I", "you", "my", "a", "that", "in", "is", "not", "me", "with"}
     assert sum(w in common for w in words) >= 5, text      # it writes English-like text
@@ -31,6 +32,7 @@ def test_shipped_model_evaluates(tmp_path):
     text = tmp_path / "speech.txt"
     text.write_text("KING RICHARD II:\nNow is the winter of our discontent, my lord, and the king "
                     "shall have his crown.\n", encoding="utf-8")
-    figures = json.loads(helpers.run_script("evaluate.py", "--text", text, "--json").stdout)
+    figures = json.loads(helpers.run_script("evaluate.py", "--checkpoint", SHIPPED, "--text", text,
+                                            "--json").stdout)
     assert figures["chars"] == len(text.read_text()) - 1
     assert figures["nats_per_char"] < 2.5          # a trained model, far below uniform's 4.17

@@ -62,8 +62,6 @@ def test_page_has_one_cell_per_character_with_matching_values(planted, tmp_path)
 
 
 def test_colour_scale_ends():
-    import sys
-    sys.path.insert(0, helpers.ROOT + "/scripts")
     from _neuron_page import colour
     assert colour(-1) == (255, 255, 255) and colour(1) == (255, 0, 0) and colour(5) == (255, 0, 0)
 
@@ -106,3 +104,43 @@ def test_text_outside_the_vocabulary_is_named(planted, tmp_path):
     odd.write_text("ANNA: ¿qué?", encoding="utf-8")
     result = helpers.run_script("visualize.py", "--checkpoint", path, "--text", odd, check=False)
     assert result.returncode == 2 and "'¿'" in result.stderr and "'é'" in result.stderr
+
+
+def test_streamed_scores_equal_the_whole_text_scores(planted):
+    from model.inference import stream_activations
+    from model.neurons import FeatureScores, features, rank_neurons
+    _, _, model = planted
+    text = TEXT * 4
+    whole = rank_neurons(activations(model, text)["h"], text, top=4)
+    streamed = FeatureScores(features(text))
+    for start, acts in stream_activations(model, text, "h", window=37):
+        streamed.add(start, acts.transpose(0, 2, 1).reshape(-1, acts.shape[1]))
+    ranked = streamed.ranking(HIDDEN, top=4)
+    assert ranked.keys() == whole.keys()
+    for name in whole:
+        assert [e[:2] for e in ranked[name]] == [e[:2] for e in whole[name]]
+        np.testing.assert_allclose([e[2] for e in ranked[name]], [e[2] for e in whole[name]], atol=1e-9)
+
+
+def test_find_on_a_long_text_keeps_pages_bounded_and_skips_absent_features(planted, tmp_path):
+    path, _, _ = planted
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(TEXT.replace("(", "").replace(")", "") * 300, encoding="utf-8")   # 107,100 chars
+    out = tmp_path / "found"
+    result = helpers.run_script("visualize.py", "--checkpoint", path, "--text", long_text, "--find",
+                                "--out", out, "--excerpt", 500)
+    assert "inside_brackets          not present in this text" in result.stdout
+    assert "inside_quotes            not present in this text" in result.stdout
+    index = (out / "index.html").read_text()
+    assert "Not present in this text" in index and "107,100 characters" in index
+    pages = sorted(out.glob("layer*_neuron*.html"))
+    assert pages and all(p.stat().st_size < 1_000_000 for p in pages)
+    cells = re.findall(r'<span class="c', pages[0].read_text())
+    assert len(cells) == 500 and "first 500 of 107,100 characters" in pages[0].read_text()
+
+
+def test_length_applies_to_a_text_file(planted, tmp_path):
+    path, text, _ = planted
+    out = tmp_path / "page.html"
+    helpers.run_script("visualize.py", "--checkpoint", path, "--text", text, "--length", 50, "--out", out)
+    assert len(re.findall(r'<span class="c', out.read_text())) == 50

@@ -1,22 +1,25 @@
 """python -m worker --connect tcp://HOST:5555: computes gradients for the coordinator."""
-import os
+from model.threads import one_blas_thread
 
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")   # one BLAS thread per worker process: workers = cores
+one_blas_thread()   # before numpy loads: one BLAS thread per worker process, workers = cores
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
+from model.cli import Parser  # noqa: E402
+from protocol import LIVENESS_S  # noqa: E402
 from protocol.security import CurveClient, SecurityError  # noqa: E402
 from .service import Worker  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser = Parser(prog="python -m worker", description=__doc__)
     parser.add_argument("--connect", default=os.environ.get("CHARLSTM_COORDINATOR", "tcp://127.0.0.1:5555"),
-                        help="coordinator endpoint (default: $CHARLSTM_COORDINATOR or %(default)s)")
+                        help="coordinator endpoint, tcp://HOST:PORT or ipc://PATH (default: "
+                             "$CHARLSTM_COORDINATOR or %(default)s)")
     parser.add_argument("--name", help="name shown in the coordinator's log (default: host:pid)")
-    parser.add_argument("--liveness", type=float, default=10.0,
+    parser.add_argument("--liveness", type=float, default=LIVENESS_S,
                         help="seconds without a word from the coordinator before reconnecting, until "
                              "the coordinator's own value arrives (default: %(default)s)")
     parser.add_argument("--backoff-max", type=float, default=5.0,

@@ -13,6 +13,7 @@ import zmq
 from protocol import DEFAULT_MAX_MESSAGE_BYTES, HEARTBEAT_S, LIVENESS_S, Message
 from protocol.transport import (EndpointError, RateLimitedLog, SendBuffers, connect_dealer, log_line, peak_rss_mb,
                                 poll, receive, send)
+from protocol.security import HandshakeWatch
 from .compute import WorkerCompute
 
 
@@ -55,6 +56,8 @@ class Worker:
                     return 2
                 if outcome == "stop":
                     return 0
+                if outcome == "refused":
+                    return 2
                 if outcome == "welcomed":
                     backoff = self.backoff_initial_s
                 if self.stopping:
@@ -77,8 +80,10 @@ class Worker:
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def _session(self) -> str:
-        """One connection's life. Returns "stop", "lost" (never welcomed) or "welcomed" (lost later)."""
+        """One connection's life. Returns "stop", "lost" (never welcomed), "welcomed" (lost
+        later) or "refused" (the coordinator refused this worker's CurveZMQ key)."""
         socket = connect_dealer(self.context, self.endpoint, self.curve_client)
+        handshakes = HandshakeWatch(socket) if self.curve_client else None
         token, welcomed, pending = None, False, []
         last_heard = last_sent = time.monotonic()
 
@@ -94,6 +99,10 @@ class Worker:
             while not self.stopping:
                 ready = poll([socket, self.wake_read], self.heartbeat_s / 2)
                 now = time.monotonic()
+                refusal = handshakes.refusal() if handshakes else None
+                if refusal:
+                    self.log(f"error: worker {self.name}: {refusal}")
+                    return "refused"
                 if self.wake_read in ready:
                     os.read(self.wake_read, 4096)
                 for future in [f for f in pending if f.done()]:
@@ -137,6 +146,8 @@ class Worker:
                 transmit(Message("bye", {"token": token}))
             return "stop"
         finally:
+            if handshakes:
+                handshakes.close()
             socket.close(linger=200 if self.stopping else 0)
 
     def _prepare(self, config: dict, vocab: str) -> None:
