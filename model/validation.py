@@ -13,8 +13,6 @@ from .corpus import read_corpus, split_point
 from .inference import Model, evaluate
 from .threads import blas_thread_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 class Validator:
     """Snapshots the model at a step, evaluates it in a child process, keeps the best as best.npz."""
@@ -39,8 +37,9 @@ class Validator:
         write_npz_atomic(self.snapshot_path, model_arrays(state_meta(state), state.params, "float32"))
         env = blas_thread_env(1)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "model.validation", self.snapshot_path, self.corpus_path,
-             str(self.val_fraction)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "model.validation", os.path.abspath(self.snapshot_path),
+             os.path.abspath(self.corpus_path), str(self.val_fraction)], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True)
         self.step = state.step
 

@@ -153,8 +153,7 @@ def test_checkpoint_writer_killed_half_way(corpus, tmp_path):
     helpers.train(corpus, str(tmp_path), "--steps", 1, "--workers", 0)
     before = open(tmp_path / "checkpoint.npz", "rb").read()
     writer = subprocess.Popen([sys.executable, "-c", f"""
-import sys, numpy as np
-sys.path.insert(0, {helpers.ROOT!r})
+import numpy as np
 from model.checkpoint import write_npz_atomic
 write_npz_atomic({str(tmp_path / 'checkpoint.npz')!r}, {{"big": np.random.default_rng(0).random(30_000_000)}})
 """], cwd=helpers.ROOT)
