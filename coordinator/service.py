@@ -9,7 +9,7 @@ import zmq
 
 from model.corpus import Corpus
 from model.run import Gathered
-from model.training import Contribution, TrainState
+from model.training import Contribution, TrainState, shape_sizes
 from protocol import HEARTBEAT_S, LIVENESS_S, Message
 from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES
 from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, log_line, peak_rss_mb,
@@ -36,9 +36,7 @@ class Coordinator:
         except BaseException:
             self.context.destroy(linger=0)
             raise
-        config = state.config
-        self.dims = {"P": state.params.size, "L": config.layers, "H": config.hidden,
-                     "T": config.seq_len, "float": state.params.dtype.str}
+        self.dims = shape_sizes(state.config, state.layout)
         self.min_workers = min_workers      # before the first step, so the partition is reproducible
         self.waiting_logged = time.monotonic()     # "waiting for workers" only after a while alone
         self.buffers = SendBuffers()
@@ -78,6 +76,9 @@ class Coordinator:
         return out
 
     def close(self, reason: str) -> None:
+        """Tells the workers why the run ended and closes the socket; a second call does nothing."""
+        if self.socket.closed:
+            return
         for worker in list(self.server.workers.values()):
             self._send(worker.token, Message("stop", {"reason": reason}))
         self.reject_log.flush()

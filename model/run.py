@@ -161,7 +161,6 @@ class TrainingRun:
         """Steps until the target (0) or a stop signal (checkpoint, 0); 1 on an error that ends
         the run (its one-line message is logged)."""
         previous = self._catch_stop_signals()
-        reason = "error"
         try:
             if self.done:
                 self.checkpoint()

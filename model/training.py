@@ -69,6 +69,13 @@ def new_state(config: Config, corpus: Corpus) -> TrainState:
                       chunk_c=np.zeros(state_shape, dtype))
 
 
+def shape_sizes(config: Config, layout: ParamLayout) -> dict:
+    """The sizes behind the wire protocol's shape symbols (protocol/SPEC.md, section 4) for a
+    run, and its float dtype: what coordinator and workers check every array against."""
+    return {"P": layout.total, "L": config.layers, "H": config.hidden, "T": config.seq_len,
+            "float": np.dtype(config.dtype).str}
+
+
 def dropout_masks(config: Config, step: int, chunk_ids, dtype) -> np.ndarray | None:
     """(L, T, B, H) inverted-dropout multipliers (0 or 1/(1-p)), or None without dropout.
 

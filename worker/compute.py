@@ -5,7 +5,7 @@ import numpy as np
 
 from model.config import Config
 from model.params import ParamLayout
-from model.training import ChunkGradients
+from model.training import ChunkGradients, shape_sizes
 from protocol import Message
 
 
@@ -15,8 +15,7 @@ class WorkerCompute:
         self.layout = ParamLayout.for_model(len(vocab), self.config.layers, self.config.hidden)
         self.dtype = np.dtype(self.config.dtype)
         self.gradients = ChunkGradients(self.config, self.layout)
-        self.dims = {"P": self.layout.total, "L": self.config.layers, "H": self.config.hidden,
-                     "T": self.config.seq_len, "float": self.dtype.str}
+        self.dims = shape_sizes(self.config, self.layout)
 
     def compute(self, work: Message, grad_out: np.ndarray | None = None) -> Message:
         """grad_out: a (P,) buffer to write the gradient into, or None for a fresh one."""
