@@ -9,7 +9,7 @@ COPY model/ model/
 COPY protocol/ protocol/
 COPY coordinator/ coordinator/
 COPY worker/ worker/
-RUN pip install --no-cache-dir --no-deps --no-build-isolation . || pip install --no-cache-dir --no-deps .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 COPY scripts/ scripts/
 COPY saves/README.md saves/
 RUN mkdir -p /data /checkpoints

@@ -61,7 +61,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     stop.add_argument("--steps", type=non_negative_int, help="train until the model has taken this "
                       "many optimizer steps in total (a resumed run counts earlier ones); 0 writes "
                       "the initial checkpoint and exits")
-    stop.add_argument("--epochs", type=positive_float, help=f"like --steps, counted in epochs (default: {DEFAULT_EPOCHS})")
+    stop.add_argument("--epochs", type=positive_float,
+                      help=f"like --steps, counted in epochs (default: {DEFAULT_EPOCHS})")
     group.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     group.add_argument("--checkpoint-every", type=int, default=50,
                        help="write <save-dir>/checkpoint.npz every N steps (default: %(default)s)")
