@@ -109,3 +109,20 @@ def test_train_local_missing_corpus(tmp_path):
     result = helpers.run_script("train_local.py", "--corpus", tmp_path / "none.txt", "--save-dir", tmp_path,
                               "--workers", "0", check=False)
     assert result.returncode == 2 and "fetch_data.py" in result.stderr
+
+
+def test_the_project_builds_as_a_package(tmp_path):
+    """`pip install .` works: the wheel holds the four packages, the spec and both commands."""
+    pytest.importorskip("setuptools")
+    import zipfile
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                             "--wheel-dir", str(tmp_path), helpers.ROOT], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("charlstm-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for package in ("model", "protocol", "coordinator", "worker"):
+        assert f"{package}/__init__.py" in names
+    assert "protocol/SPEC.md" in names and not any(n.startswith(("tests/", "scripts/")) for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "charlstm-worker = worker.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
