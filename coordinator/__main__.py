@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--log-every", type=int, default=1,
                      help="a log line every N steps; 0 = none (metrics.jsonl has every step) "
                           "(default: %(default)s)")
+    net.add_argument("--trace", metavar="FILE", help=argparse.SUPPRESS)   # scripts/netbench.py's timings
     add_training_arguments(parser)
     return parser
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         coordinator = Coordinator(run.state, run.corpus, args.bind, curve_server=curve,
                                   heartbeat_s=args.heartbeat, liveness_s=args.liveness,
                                   max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-                                  min_workers=args.min_workers)
+                                  min_workers=args.min_workers, trace=args.trace)
     except (ValueError, CheckpointError, OSError, SecurityError, EndpointError) as error:
         if curve is not None:
             curve.stop()

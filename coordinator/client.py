@@ -32,7 +32,7 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
             if refusal:
                 raise PullError(refusal)
             if poll([socket], min(0.1, deadline - time.monotonic())):
-                _, message = receive(socket, False, None, 2 ** 31, RateLimitedLog())
+                _, message, _ = receive(socket, False, None, 2 ** 31, RateLimitedLog())
                 if message is not None and message.cmd == "model":
                     meta = dict(message["config"], vocab=message["vocab"], step=message["step"])
                     return meta, message.arrays["params"].copy()

@@ -6,14 +6,25 @@ The socket loop in service.py feeds it events and sends what it returns.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 import itertools
+import statistics
 
 import numpy as np
 
 from model.corpus import Corpus
 from model.training import Contribution, TrainState
 from protocol import LIVENESS_S
+
+# Backup copies (SPEC.md 5.6): a group still out is copied to an idle worker when its owner
+# usually takes longer than the copy would (a slow host), or when it is LATE_FACTOR times past
+# the usual time of a group (a dead or broken owner); never sooner than BACKUP_FLOOR_S after it
+# was sent, so a step's ordinary spread does not cost a wasted computation.
+BACKUP_FLOOR_S = 0.1
+LATE_FACTOR = 2.0
+WALLS_KEPT = 8              # per worker: seconds per chunk, work sent to push received
+RECENT_STEPS = 4            # finished steps whose late pushes are still answered `duplicate`
 
 
 @dataclass
@@ -23,6 +34,11 @@ class WorkerRecord:
     name: str
     last_heard: float
     last_sent: float = 0.0
+    refused_in_a_row: int = 0
+    walls_per_chunk: deque = field(default_factory=lambda: deque(maxlen=WALLS_KEPT))
+
+    def usual_per_chunk(self) -> float | None:
+        return statistics.median(self.walls_per_chunk) if self.walls_per_chunk else None
 
 
 @dataclass
@@ -31,10 +47,27 @@ class StepInFlight:
     owner: dict[tuple[int, ...], int]                      # chunk group -> token computing it
     received: dict[tuple[int, ...], Contribution] = field(default_factory=dict)
     accepted_from: dict[tuple[int, ...], int] = field(default_factory=dict)
+    backup: dict[tuple[int, ...], int] = field(default_factory=dict)   # group -> token with a copy
 
     @property
     def complete(self) -> bool:
         return len(self.received) == len(self.owner)
+
+    def copies(self, group: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.owner[group],) + ((self.backup[group],) if group in self.backup else ())
+
+    def outstanding(self) -> list[tuple[int, ...]]:
+        return [g for g in self.owner if g not in self.received]
+
+
+@dataclass
+class BackupCounts:
+    issued: int = 0
+    won: int = 0            # the copy's push arrived first
+
+    @property
+    def wasted(self) -> int:
+        return self.issued - self.won
 
 
 @dataclass
@@ -65,6 +98,9 @@ class ParameterServer:
         self.in_flight: StepInFlight | None = None
         # (token, step, group) accepted in the last finished steps: a late repeat is a duplicate
         self.recently_accepted: set[tuple[int, int, tuple[int, ...]]] = set()
+        # (token, step, group) -> when that work was sent, for recent steps; None once its push came
+        self.sent_at: dict[tuple[int, int, tuple[int, ...]], float | None] = {}
+        self.step_backups, self.total_backups = BackupCounts(), BackupCounts()
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
 
     # roster -------------------------------------------------------------------------------
@@ -89,6 +125,7 @@ class ParameterServer:
         self.workers.pop(token, None)
         if self.in_flight is None:
             return []
+        self.in_flight.backup = {g: t for g, t in self.in_flight.backup.items() if t != token}
         orphaned = [g for g, t in self.in_flight.owner.items()
                     if t == token and g not in self.in_flight.received]
         return self._reassign(orphaned)
@@ -140,30 +177,78 @@ class ParameterServer:
         self.in_flight = StepInFlight(self.state.step, dict(zip(groups, tokens)))
         return [WorkItem(t, self.state.step, g) for g, t in zip(groups, tokens)]
 
+    def work_fields(self, item: WorkItem) -> dict:
+        """The `work` header: what to compute, and what determines its dropout masks."""
+        config = self.state.config
+        return {"token": item.token, "step": item.step, "chunks": list(item.group),
+                "dropout": config.dropout, "seed": config.seed}
+
     def work_arrays(self, item: WorkItem) -> dict[str, np.ndarray]:
         chunk_ids = list(item.group)
         inputs, targets = self.corpus.window(self.state.step_in_epoch, chunk_ids)
         return {"params": self.state.params, "h": self.state.chunk_h[:, chunk_ids],
                 "c": self.state.chunk_c[:, chunk_ids], "inputs": inputs, "targets": targets}
 
-    def accept_push(self, token: int, step: int, group: tuple[int, ...], contribution: Contribution):
-        """Returns ("accepted" | "duplicate", None) or (None, reason) for a refused push."""
+    def dispatched(self, item: WorkItem, now: float) -> None:
+        self.sent_at[(item.token, item.step, item.group)] = now
+
+    def accept_push(self, token: int, step: int, group: tuple[int, ...], contribution: Contribution,
+                    now: float | None = None) -> tuple[str, str | None]:
+        """Returns (status, reason): "accepted" or "duplicate" (answered with ack), "refused" (the
+        worker sent something wrong: counts toward dropping it) or "stale" (an old step)."""
         if token not in self.workers:
-            return None, "unknown or expired token"
-        flight = self.in_flight
-        if (token, step, group) in self.recently_accepted:
-            return "duplicate", None
-        if flight is None or step != flight.step:
-            return None, f"step {step} is not the step in flight (next is {self.state.step})"
-        if flight.owner.get(group) != token:
-            if flight.accepted_from.get(group) == token:
+            return "stale", "unknown or expired token"
+        key, flight = (token, step, group), self.in_flight
+        if self.sent_at.get(key) is not None and now is not None:
+            self.workers[token].walls_per_chunk.append((now - self.sent_at[key]) / len(group))
+            self.sent_at[key] = None
+        if flight is not None and step == flight.step and group in flight.owner and token in flight.copies(group):
+            if group in flight.received:
                 return "duplicate", None
-            return None, f"chunks {list(group)} are not assigned to this worker for step {step}"
-        if group in flight.received:
+            flight.received[group] = contribution
+            flight.accepted_from[group] = token
+            if flight.backup.get(group) == token:
+                self.step_backups.won += 1
+            return "accepted", None
+        if key in self.sent_at or key in self.recently_accepted:
             return "duplicate", None
-        flight.received[group] = contribution
-        flight.accepted_from[group] = token
-        return "accepted", None
+        if flight is not None and step == flight.step:
+            return "refused", f"chunks {list(group)} are not assigned to this worker for step {step}"
+        return "stale", f"step {step} is not the step in flight (next is {self.state.step})"
+
+    def backup_work(self, now: float) -> list[WorkItem]:
+        """Copies of late groups of the step in flight for idle workers (SPEC.md 5.6)."""
+        flight = self.in_flight
+        if flight is None:
+            return []
+        outstanding = flight.outstanding()
+        busy = {t for g in outstanding for t in flight.copies(g)}
+        idle = sorted((t for t in self.workers if t not in busy),
+                      key=lambda t: (self.workers[t].usual_per_chunk() or float("inf"), t))
+        work = []
+        for group in sorted((g for g in outstanding if g not in flight.backup),
+                            key=lambda g: self.sent_at.get((flight.owner[g], flight.step, g)) or now):
+            if not idle:
+                break
+            if self._late(group, now, self.workers[idle[0]].usual_per_chunk()):
+                token = idle.pop(0)
+                flight.backup[group] = token
+                self.step_backups.issued += 1
+                work.append(WorkItem(token, flight.step, group))
+        return work
+
+    def _late(self, group: tuple[int, ...], now: float, copy_per_chunk: float | None) -> bool:
+        flight = self.in_flight
+        owner = self.workers.get(flight.owner[group])
+        sent = self.sent_at.get((flight.owner[group], flight.step, group))
+        if owner is None or sent is None or now - sent < BACKUP_FLOOR_S:
+            return False
+        walls = [w for worker in self.workers.values() for w in worker.walls_per_chunk]
+        if walls and now - sent > LATE_FACTOR * statistics.median(walls) * len(group):
+            return True
+        owner_per_chunk = owner.usual_per_chunk()
+        return (owner_per_chunk is not None and copy_per_chunk is not None
+                and sent + owner_per_chunk * len(group) > now + copy_per_chunk * len(group))
 
     def collect(self) -> dict[tuple[int, ...], Contribution]:
         """Ends the step in flight once every group has arrived: its contributions by group.
@@ -173,4 +258,12 @@ class ParameterServer:
             raise RuntimeError("collect called before every chunk's contribution arrived")
         self.in_flight = None
         self.recently_accepted = {(token, flight.step, group) for group, token in flight.accepted_from.items()}
+        self.sent_at = {key: sent for key, sent in self.sent_at.items() if key[1] > flight.step - RECENT_STEPS}
+        self.total_backups.issued += self.step_backups.issued
+        self.total_backups.won += self.step_backups.won
         return flight.received
+
+    def take_backup_counts(self) -> BackupCounts:
+        """This step's backup copies (for metrics.jsonl); the next step counts from zero."""
+        counts, self.step_backups = self.step_backups, BackupCounts()
+        return counts

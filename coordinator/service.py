@@ -2,6 +2,7 @@
 as the training run's step source, gathers every chunk's contribution to a step."""
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -11,21 +12,32 @@ from model.corpus import Corpus
 from model.run import Gathered
 from model.training import Contribution, TrainState, shape_sizes
 from protocol import HEARTBEAT_S, LIVENESS_S, Message
-from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES
+from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_REFUSED_PUSHES, ProtocolError
 from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, log_line, peak_rss_mb,
                                 poll, receive, send)
 from .server import ParameterServer
 
 
+MAX_MESSAGES_PER_WAKE = 64
+
+
+def reference_to(message: Message) -> dict:
+    """The fields of a `reject` that name the message it refuses (SPEC.md, section 4)."""
+    fields = message.fields
+    return {"cmd": message.cmd, "token": fields.get("token"), "step": fields.get("step"),
+            "chunks": list(fields.get("chunks", []))}
+
+
 class Coordinator:
     def __init__(self, state: TrainState, corpus: Corpus, bind: str, *, heartbeat_s: float = HEARTBEAT_S,
                  liveness_s: float = LIVENESS_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 min_workers: int = 1, curve_server=None, log=log_line):
+                 min_workers: int = 1, curve_server=None, log=log_line, trace: str | None = None):
         self.server = ParameterServer(state, corpus, liveness_s)
         self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
         self.max_message_bytes = max_message_bytes
         self.log = log
         self.reject_log = RateLimitedLog(log)
+        self.backup_log = RateLimitedLog(log, burst=5, interval_s=60.0)
         # two I/O threads: the parameters go to two workers at once instead of one after the other
         self.context = zmq.Context(io_threads=2)
         self.curve_server = curve_server
@@ -41,6 +53,9 @@ class Coordinator:
         self.waiting_logged = time.monotonic()     # "waiting for workers" only after a while alone
         self.buffers = SendBuffers()
         self.param_sends: list[zmq.MessageTracker] = []    # sends of the current parameters
+        # scripts/netbench.py: per step, when its work went out and its last result came in
+        self.trace = open(trace, "a", encoding="utf-8") if trace else None
+        self.dispatched_at = 0.0
         log(f"coordinator listening on {self.endpoint}")
 
     @property
@@ -53,20 +68,33 @@ class Coordinator:
         while not stopping():
             if self.server.in_flight is None and len(self.server.workers) >= self.min_workers:
                 self.min_workers = 1
+                self.dispatched_at = time.monotonic()
                 self._dispatch(self.server.start_step())
-            if poll([self.socket], self.heartbeat_s / 4):
-                while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    identity, message = receive(self.socket, True, self.dims,
-                                                self.max_message_bytes, self.reject_log)
+            # while a step is out, wake often enough to copy a late group to an idle worker
+            if poll([self.socket], self.heartbeat_s / (20 if self.server.in_flight else 4)):
+                for _ in range(MAX_MESSAGES_PER_WAKE):      # then housekeeping, however busy
+                    if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        break
+                    identity, message, error = receive(self.socket, True, self.dims,
+                                                       self.max_message_bytes, self.reject_log)
                     if message is not None:
                         self._handle(identity, message)
+                    elif error is not None:
+                        self._refuse_invalid(identity, error)
                     if self.server.in_flight and self.server.in_flight.complete:
-                        contributions = self.server.collect()
-                        return Gathered(contributions, {
-                            "workers": len(self.server.workers),
-                            "compute_s": round(max(c.compute_s for c in contributions.values()), 4)})
+                        return self._gathered(self.server.collect())
             self._housekeeping()
         return None
+
+    def _gathered(self, contributions) -> Gathered:
+        backups = self.server.take_backup_counts()
+        if self.trace:
+            self.trace.write(json.dumps({"step": self.state.step, "dispatched": self.dispatched_at,
+                                         "gathered": time.monotonic()}) + "\n")
+        return Gathered(contributions, {
+            "workers": len(self.server.workers),
+            "compute_s": round(max(c.compute_s for c in contributions.values()), 4),
+            "backups_issued": backups.issued, "backups_won": backups.won, "backups_wasted": backups.wasted})
 
     def params_out(self, state: TrainState) -> np.ndarray:
         """A vector no pending send is reading; the current one retires with its sends."""
@@ -82,9 +110,14 @@ class Coordinator:
         for worker in list(self.server.workers.values()):
             self._send(worker.token, Message("stop", {"reason": reason}))
         self.reject_log.flush()
-        self.log(f"{self.reject_log.total} invalid or refused messages in this run; "
+        self.backup_log.flush()
+        totals = self.server.total_backups
+        self.log(f"{self.reject_log.total} invalid or refused messages in this run; backup copies: "
+                 f"{totals.issued} issued, {totals.won} won, {totals.wasted} wasted; "
                  f"peak RSS {peak_rss_mb():.0f} MB")
         self.socket.close(linger=1000)
+        if self.trace:
+            self.trace.close()
         if self.curve_server is not None:
             self.curve_server.stop()
         self.context.term()
@@ -101,16 +134,21 @@ class Coordinator:
 
     def _dispatch(self, items) -> None:
         for item in items:
-            self._send(item.token, Message("work", {"token": item.token, "step": item.step,
-                                                    "chunks": list(item.group)},
+            self.server.dispatched(item, time.monotonic())
+            self._send(item.token, Message("work", self.server.work_fields(item),
                                            self.server.work_arrays(item)), sends_params=True)
+
+    def _reject(self, identity: bytes, reason: str, reregister: bool, reference: dict) -> None:
+        send(self.socket, Message("reject", {"reason": reason, "reregister": reregister,
+                                             "refers_to": reference}), identity)
 
     def _welcome(self, identity: bytes, name: str) -> None:
         token = self.server.register(identity, name, time.monotonic())
         state = self.state
         self._send(token, Message("welcome", {
             "token": token, "config": state.config.to_dict(), "vocab": state.vocab,
-            "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s}))
+            "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s,
+            "names": list(state.layout.names), "shapes": [list(s) for s in state.layout.shapes]}))
         self.log(f"worker {name!r} registered (token {token}); {len(self.server.workers)} alive")
         self._dispatch(self.server.orphaned_work())
 
@@ -131,10 +169,11 @@ class Coordinator:
         elif cmd in ("heartbeat", "push", "bye"):
             token = message["token"]
             worker = self.server.workers.get(token)
-            if worker is None or worker.identity != identity:
+            if worker is None or worker.identity != identity:     # a token is bound to its socket
                 self.reject_log(f"refused {cmd} with unknown or stale token {token}")
-                send(self.socket, Message("reject", {"reason": "unknown or expired token; register again",
-                                                     "reregister": True}), identity)
+                if cmd != "bye":
+                    self._reject(identity, "unknown or expired token; register again", True,
+                                 reference_to(message))
                 return
             self.server.heard_from(token, time.monotonic())
             if cmd == "push":
@@ -149,13 +188,35 @@ class Coordinator:
         group = tuple(message["chunks"])
         contribution = Contribution(message["loss"], message.arrays["grad"], message.arrays["h"],
                                     message.arrays["c"], message["compute_s"])
-        status, reason = self.server.accept_push(token, message["step"], group, contribution)
-        if status:
+        status, reason = self.server.accept_push(token, message["step"], group, contribution,
+                                                 time.monotonic())
+        if status in ("accepted", "duplicate"):
+            self.server.workers[token].refused_in_a_row = 0
             self._send(token, Message("ack", {"step": message["step"], "chunks": list(group),
                                               "status": status}))
         else:
-            self.reject_log(f"refused push from token {token}: {reason}")
-            self._send(token, Message("reject", {"reason": reason, "reregister": False}))
+            self._refuse(token, reason, reference_to(message), counts=status == "refused")
+
+    def _refuse_invalid(self, identity: bytes, error: ProtocolError) -> None:
+        """A message that did not decode, from a registered socket: answered if it may be a push."""
+        worker = next((w for w in self.server.workers.values() if w.identity == identity), None)
+        if worker is not None and error.reference["cmd"] in ("push", ""):
+            self._refuse(worker.token, f"invalid message: {error}", error.reference, counts=True)
+
+    def _refuse(self, token: int, reason: str, reference: dict, counts: bool) -> None:
+        worker = self.server.workers[token]
+        self.reject_log(f"refused {reference['cmd'] or 'a message'} from worker {worker.name!r}: {reason}")
+        self._reject(worker.identity, reason, False, reference)
+        if not counts:
+            return
+        worker.refused_in_a_row += 1
+        if worker.refused_in_a_row >= MAX_REFUSED_PUSHES:
+            self.log(f"worker {worker.name!r} dropped: {worker.refused_in_a_row} refused pushes in a "
+                     f"row (last: {reason}); its chunks go to other workers")
+            self._send(token, Message("stop", {"reason": f"dropped after {worker.refused_in_a_row} "
+                                                         f"refused pushes in a row (last: {reason}); "
+                                                         f"fix or update the worker, then restart it"}))
+            self._dispatch(self.server.drop(token))
 
     # housekeeping ---------------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -165,6 +226,11 @@ class Coordinator:
             self.log(f"worker token {token} silent for over {self.liveness_s:g}s: declared dead, "
                      f"its chunks go to live workers")
         self._dispatch(work)
+        copies = self.server.backup_work(now)
+        for item in copies:
+            self.backup_log(f"step {item.step}: chunks {item.group[0]}-{item.group[-1]} are late; "
+                            f"a backup copy goes to worker {self.server.workers[item.token].name!r}")
+        self._dispatch(copies)
         for worker in list(self.server.workers.values()):
             if now - worker.last_sent >= self.heartbeat_s:
                 self._send(worker.token, Message("heartbeat", {"token": worker.token}))

@@ -74,7 +74,8 @@ class InProcessSource:
     def gather(self, state: TrainState, stopping) -> Gathered:
         inputs, targets = self.corpus.window(state.step_in_epoch)
         contribution = self.gradients.compute(state.params, state.step, self.all_chunks, inputs,
-                                              targets, state.chunk_h, state.chunk_c)
+                                              targets, state.chunk_h, state.chunk_c,
+                                              dropout=state.config.dropout, seed=state.config.seed)
         return Gathered({self.all_chunks: contribution}, {"workers": 0})
 
     def params_out(self, state: TrainState) -> np.ndarray:
@@ -190,10 +191,13 @@ class TrainingRun:
         gathered = source.gather(self.state, lambda: self.stop_signal is not None)
         if gathered is None:
             return
+        updating = time.monotonic()
         loss, norm = apply_step(self.state, self.optimizer, gathered.contributions,
                                 source.params_out(self.state))
-        seconds = time.monotonic() - started
-        self.record_step(loss, norm, seconds, **gathered.figures, step_s=round(seconds, 4))
+        finished = time.monotonic()
+        seconds = finished - started
+        self.record_step(loss, norm, seconds, **gathered.figures, update_s=round(finished - updating, 4),
+                         step_s=round(seconds, 4))
 
     def _catch_stop_signals(self) -> dict:
         if threading.current_thread() is not threading.main_thread():

@@ -76,18 +76,20 @@ def shape_sizes(config: Config, layout: ParamLayout) -> dict:
             "float": np.dtype(config.dtype).str}
 
 
-def dropout_masks(config: Config, step: int, chunk_ids, dtype) -> np.ndarray | None:
-    """(L, T, B, H) inverted-dropout multipliers (0 or 1/(1-p)), or None without dropout.
+def dropout_masks(dropout: float, seed: int, step: int, chunk_ids, shape: tuple[int, int, int],
+                  dtype) -> np.ndarray | None:
+    """(L, T, B, H) inverted-dropout multipliers (0 or 1/(1-p)) for shape (L, T, H), or None
+    without dropout. protocol/SPEC.md (section 4.2) specifies exactly this, for any worker.
 
     Each chunk's mask is drawn from its own generator seeded by (seed, step, chunk), so the
     masks, and the trained model, do not depend on how chunks are spread over workers."""
-    if config.dropout == 0.0:
+    if dropout == 0.0:
         return None
-    keep = 1.0 - config.dropout
-    masks = np.empty((config.layers, config.seq_len, len(chunk_ids), config.hidden), dtype=dtype)
+    layers, seq_len, hidden = shape
+    keep = 1.0 - dropout
+    masks = np.empty((layers, seq_len, len(chunk_ids), hidden), dtype=dtype)
     for column, chunk in enumerate(chunk_ids):
-        draws = np.random.default_rng([config.seed, step, int(chunk)]).random(
-            (config.layers, config.seq_len, config.hidden))
+        draws = np.random.default_rng([seed, step, int(chunk)]).random(shape)
         masks[:, :, column, :] = (draws < keep) / keep
     return masks
 
@@ -112,13 +114,16 @@ class ChunkGradients:
         # a training run resolves "auto" once and records it; only stand-alone use resolves here
         self.blocked = resolve_form(config.recurrent_form) == "blocks"
 
-    def compute(self, params: np.ndarray, step: int, chunk_ids, inputs, targets, h0, c0,
-                out: np.ndarray | None = None) -> Contribution:
-        """inputs/targets (B, T) of the chunks chunk_ids at a step, states (L, B, H). Every
-        element of the gradient is written, into out when given."""
+    def compute(self, params: np.ndarray, step: int, chunk_ids, inputs, targets, h0, c0, *,
+                dropout: float, seed: int, out: np.ndarray | None = None) -> Contribution:
+        """inputs/targets (B, T) of the chunks chunk_ids at a step, states (L, B, H); dropout
+        and seed determine the masks. Every element of the gradient is written, into out
+        when given."""
         started = time.perf_counter()
         grad = np.empty(self.layout.total, dtype=self.dtype) if out is None else out
-        masks = dropout_masks(self.config, step, chunk_ids, self.dtype)
+        config = self.config
+        masks = dropout_masks(dropout, seed, step, chunk_ids, (config.layers, config.seq_len, config.hidden),
+                              self.dtype)
         loss_sum, h_last, c_last, _, _ = lstm.loss_and_grad(
             self.layout.views(params), self.layout.views(grad), inputs, targets, h0, c0, masks,
             self.blocked)

@@ -1,4 +1,4 @@
-"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/1 (SPEC.md, sections 3-4)."""
+"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/2 (SPEC.md, sections 3-4)."""
 from __future__ import annotations
 
 import math
@@ -7,39 +7,49 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-SIGNATURE = b"CLSTM/1"
+SIGNATURE = b"CLSTM/2"
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 16
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 HEARTBEAT_S = 1.0       # default heartbeat interval (SPEC.md, section 5)
 LIVENESS_S = 10.0       # default silence after which a peer is taken for dead
+MAX_REFUSED_PUSHES = 3  # refused pushes in a row after which a worker is stopped and dropped
+MAX_NAME_CHARS = 128
 FLOAT_DTYPES = ("<f4", "<f8")
 INDEX_DTYPE = "<i4"
 
 
 class ProtocolError(ValueError):
-    """Anything malformed: the receiver drops the message, logs why, and keeps serving."""
+    """Anything malformed: the receiver drops the message, logs why, and keeps serving.
+
+    reference: what of the message could be read (cmd, token, step, chunks; None where not),
+    so that a refusal can name the message it refuses (SPEC.md, section 4, `reject`)."""
+
+    def __init__(self, text: str, reference: dict | None = None):
+        super().__init__(text)
+        self.reference = reference or {"cmd": "", "token": None, "step": None, "chunks": []}
 
 
 # Field kinds.
-INT, FLOAT, STR, BOOL, MAP, CHUNKS, INTS, STRS, SHAPES = (
-    "int", "float", "str", "bool", "map", "chunks", "ints", "strs", "shapes")
+INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, STRS, SHAPES, REFERENCE = (
+    "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "strs", "shapes",
+    "reference")
 
 # cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
 STATE = ("L", "B", "H")
 SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]] = {
-    "register": ({"name": STR}, {}),
+    "register": ({"name": NAME}, {}),
     "heartbeat": ({"token": INT}, {}),
     "push": ({"token": INT, "step": INT, "chunks": CHUNKS, "loss": FLOAT, "compute_s": FLOAT},
              {"grad": ("float", ("P",)), "h": ("float", STATE), "c": ("float", STATE)}),
     "bye": ({"token": INT}, {}),
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
-                 "liveness_s": FLOAT}, {}),
-    "work": ({"token": INT, "step": INT, "chunks": CHUNKS},
+                 "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES}, {}),
+    "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT},
              {"params": ("float", ("P",)), "h": ("float", STATE), "c": ("float", STATE),
               "inputs": ("index", ("B", "T")), "targets": ("index", ("B", "T"))}),
     "ack": ({"step": INT, "chunks": INTS, "status": STR}, {}),
-    "reject": ({"reason": STR, "reregister": BOOL}, {}),
+    "reject": ({"reason": STR, "reregister": BOOL, "refers_to": REFERENCE}, {}),
     "stop": ({"reason": STR}, {}),
     "pull": ({}, {}),
     "model": ({"step": INT, "config": MAP, "vocab": STR, "names": STRS, "shapes": SHAPES},
@@ -61,11 +71,30 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63
 
 
+def _is_float(value) -> bool:
+    """A msgpack float, or an integer standing for the same number (SPEC.md, section 3)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def reference_of(header: dict) -> dict:
+    """The refused message's cmd, token, step and chunks, each where it was valid (else "",
+    None, None, []): the `refers_to` map of a `reject`."""
+    cmd, chunks = header.get("cmd"), header.get("chunks")
+    return {"cmd": cmd if isinstance(cmd, str) and len(cmd) <= 64 else "",
+            "token": header.get("token") if _is_int(header.get("token")) else None,
+            "step": header.get("step") if _is_int(header.get("step")) else None,
+            "chunks": chunks if isinstance(chunks, list) and len(chunks) <= 4096
+            and all(_is_int(c) for c in chunks) else []}
+
+
 def _check_field(cmd: str, name: str, kind: str, value) -> None:
     ok = {
         INT: lambda v: _is_int(v),
-        FLOAT: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        REFERENCE: lambda v: isinstance(v, dict) and v == reference_of(v),
+        FLOAT: _is_float,
+        FRACTION: lambda v: _is_float(v) and 0 <= v < 1,
         STR: lambda v: isinstance(v, str) and len(v) <= MAX_HEADER_BYTES,
+        NAME: lambda v: isinstance(v, str) and len(v) <= MAX_NAME_CHARS,
         BOOL: lambda v: isinstance(v, bool),
         MAP: lambda v: isinstance(v, dict),
         INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
@@ -174,6 +203,13 @@ def decode(frames, dims: dict | None = None,
     if total > max_message_bytes:
         raise ProtocolError(f"message of {total} bytes exceeds the limit of {max_message_bytes}")
     header = _unpack_header(frames[1])
+    try:
+        return _decode_body(dict(header), frames, dims)
+    except ProtocolError as error:
+        raise ProtocolError(str(error), reference_of(header)) from None
+
+
+def _decode_body(header: dict, frames: list, dims: dict | None) -> Message:
     cmd, specs = header.pop("cmd", None), header.pop("arrays", None)
     if not isinstance(cmd, str):
         raise ProtocolError("header has no command")
@@ -182,7 +218,7 @@ def decode(frames, dims: dict | None = None,
     if not isinstance(specs, list) or len(specs) > MAX_ARRAYS or len(specs) != len(frames) - 2:
         raise ProtocolError(f"{cmd}: the array list does not match the {len(frames) - 2} array frames")
     arrays = {}
-    for spec, frame in zip(specs, frames[2:]):
+    for position, (spec, frame) in enumerate(zip(specs, frames[2:])):
         if (not isinstance(spec, list) or len(spec) != 3 or not isinstance(spec[0], str)
                 or spec[1] not in FLOAT_DTYPES + (INDEX_DTYPE,) or not isinstance(spec[2], list)
                 or len(spec[2]) > 4 or not all(_is_int(d) and d < 2 ** 31 for d in spec[2])):
@@ -190,6 +226,8 @@ def decode(frames, dims: dict | None = None,
         name, dtype, shape = spec
         if name not in expected or name in arrays:
             raise ProtocolError(f"{cmd}: unexpected or repeated array {_short(name)}")
+        if position >= len(expected) or name != list(expected)[position]:
+            raise ProtocolError(f"{cmd}: array {name!r} out of order; the order is {list(expected)}")
         itemsize = np.dtype(dtype).itemsize
         if math.prod(shape) * itemsize != len(frame):
             raise ProtocolError(f"{cmd}: array {name!r} of shape {shape} and {dtype} needs "

@@ -122,19 +122,20 @@ def send(socket: zmq.Socket, message: Message, identity: bytes | None = None,
 
 
 def receive(socket: zmq.Socket, routed: bool, dims: dict | None, max_message_bytes: int,
-            reject_log) -> tuple[bytes | None, Message | None]:
-    """Reads one multipart message without blocking. Returns (identity, message); message is
-    None when what arrived was invalid (it is logged through reject_log and dropped)."""
+            reject_log) -> tuple[bytes | None, Message | None, ProtocolError | None]:
+    """Reads one multipart message without blocking. Returns (identity, message, error):
+    message is None when what arrived was invalid (logged through reject_log, and the error
+    returned so that the caller may answer a registered sender)."""
     frames = socket.recv_multipart(copy=False)
     identity = None
     if routed:
         identity, frames = frames[0].bytes, frames[1:]
     try:
-        return identity, decode([f.buffer for f in frames], dims, max_message_bytes)
+        return identity, decode([f.buffer for f in frames], dims, max_message_bytes), None
     except ProtocolError as error:
         who = f" from peer {identity.hex()}" if identity else ""
         reject_log(f"dropped invalid message{who}: {error}")
-        return identity, None
+        return identity, None, error
 
 
 class SendBuffers:

@@ -45,7 +45,8 @@ def measure_in_process(layers, hidden, chunks, seq_len, vocab, steps, warmup, fo
     times = []
     for step in range(warmup + steps):
         started = time.perf_counter()
-        gradients.compute(params, step, range(chunks), x, x, state, state)
+        gradients.compute(params, step, range(chunks), x, x, state, state, dropout=config.dropout,
+                          seed=config.seed)
         times.append(time.perf_counter() - started)
     return {"seconds": statistics.median(times[warmup:])}
 

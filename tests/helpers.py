@@ -123,21 +123,69 @@ def stop_all(*processes, timeout: float = 10) -> None:
             process.wait()
 
 
-def start_cluster(corpus, save_dir, steps, workers, *extra):
-    """A coordinator on a free loopback port and `workers` workers, each logging to save_dir."""
+def start_coordinator(corpus, save_dir, steps, *extra, workers: int = 1):
+    """A coordinator on a free loopback port, logging to save_dir: (process, endpoint)."""
     endpoint_file = os.path.join(save_dir, "endpoint")
     os.makedirs(save_dir, exist_ok=True)
     coordinator = spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
-                              "--corpus", corpus, "--save-dir", save_dir, "--steps", steps,
-                              "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", workers,
-                              *SMALL, *extra, log_path=os.path.join(save_dir, "coordinator.log"))
-    endpoint = read_endpoint(endpoint_file, coordinator)
+                        "--corpus", corpus, "--save-dir", save_dir, "--steps", steps,
+                        "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", workers,
+                        *SMALL, *extra, log_path=os.path.join(save_dir, "coordinator.log"))
+    return coordinator, read_endpoint(endpoint_file, coordinator)
+
+
+def start_cluster(corpus, save_dir, steps, workers, *extra):
+    """A coordinator on a free loopback port and `workers` workers, each logging to save_dir."""
+    coordinator, endpoint = start_coordinator(corpus, save_dir, steps, *extra, workers=workers)
     pool = [spawn("worker", "--connect", endpoint, "--name", f"w{k}",
-                        log_path=os.path.join(save_dir, f"worker{k}.log")) for k in range(workers)]
+                  log_path=os.path.join(save_dir, f"worker{k}.log")) for k in range(workers)]
     return coordinator, endpoint, pool
 
 
-# malformed CLSTM/1 frame sets, shared by the decode and live fuzz tests
+class Peer:
+    """A hand-driven DEALER that speaks CLSTM/2 through protocol/ only: a minimal worker or
+    client, for conformance, duplicates and hostile input."""
+
+    def __init__(self, endpoint):
+        import zmq
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def send(self, message_or_frames):
+        frames = encode(message_or_frames) if isinstance(message_or_frames, Message) else message_or_frames
+        self.socket.send_multipart(frames)
+
+    def expect(self, cmd, timeout=20.0, skip=("heartbeat",)):
+        """The next message other than `skip`; it must be `cmd`."""
+        from protocol import decode
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.socket.poll(50):
+                message = decode(self.socket.recv_multipart())
+                if message.cmd in skip:
+                    continue
+                if message.cmd != cmd:
+                    raise AssertionError(f"expected {cmd}, got {message.cmd}: {message.fields}")
+                return message
+        raise AssertionError(f"no {cmd} within {timeout}s")
+
+    def quiet_for(self, seconds, skip=("heartbeat",)) -> bool:
+        """True if nothing but `skip` arrives for `seconds` (proving an absence takes a wait)."""
+        from protocol import decode
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.socket.poll(50) and decode(self.socket.recv_multipart()).cmd not in skip:
+                return False
+        return True
+
+    def close(self):
+        self.socket.close()
+        self.context.term()
+
+
+# malformed CLSTM/2 frame sets, shared by the decode and live fuzz tests
 
 def valid_push(dims: dict, token: int = 7, step: int = 0, chunks=(0,)) -> list[bytes]:
     b, dtype = len(chunks), dims.get("float", "<f4")
@@ -162,7 +210,7 @@ def malformed(rng: random.Random, good: list[bytes], dims: dict) -> list[bytes]:
         k = rng.randrange(2, len(frames))
         frames[k] = frames[k][:rng.randrange(len(frames[k]))]
     elif kind == 3:                                      # wrong protocol version
-        frames[0] = rng.choice([b"CLSTM/2", b"", b"HTTP/1.1", b"CLSTM/1 "])
+        frames[0] = rng.choice([b"CLSTM/1", b"", b"HTTP/1.1", b"CLSTM/2 "])
     elif kind == 4:                                      # wrong types / unknown command / extra field
         header = {"cmd": rng.choice(["push", "launch", "exec", 3, None]), "arrays": [],
                   "token": rng.choice([-1, "t", None, 2 ** 64 - 1, 1.5, [1]]), "extra": rng.random()}

@@ -9,9 +9,8 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
-from protocol import Message, decode, encode
+from protocol import Message, encode
 import helpers
 from helpers import malformed, valid_push
 from helpers import relative, start_cluster
@@ -64,32 +63,6 @@ def test_stalled_worker_is_fenced_and_comes_back(corpus, tmp_path):
     print(f"stalled worker declared dead {detected:.2f}s after SIGSTOP (liveness 1.5s); {steps} steps")
 
 
-class FakeWorker:
-    """A hand-driven DEALER that speaks CLSTM/1, for duplicates and hostile input."""
-
-    def __init__(self, endpoint):
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.connect(endpoint)
-
-    def send(self, frames):
-        self.socket.send_multipart(frames)
-
-    def expect(self, cmd, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.socket.poll(100):
-                message = decode(self.socket.recv_multipart())
-                if message.cmd == cmd:
-                    return message
-        raise AssertionError(f"no {cmd} within {timeout}s")
-
-    def close(self):
-        self.socket.close()
-        self.context.term()
-
-
 def test_hostile_input_then_normal_training(corpus, tmp_path):
     save_dir = str(tmp_path)
     os.makedirs(save_dir, exist_ok=True)
@@ -97,11 +70,11 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
     coordinator = helpers.spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
                               "--corpus", corpus, "--save-dir", save_dir, "--steps", 4, *helpers.SMALL,
                               "--dtype", "float32", log_path=os.path.join(save_dir, "coordinator.log"))
-    fake = None
+    fake = stranger = None
     pool = []
     try:
         endpoint = helpers.read_endpoint(endpoint_file, coordinator)
-        fake = FakeWorker(endpoint)
+        fake, stranger = helpers.Peer(endpoint), helpers.Peer(endpoint)
         fake.send(encode(Message("register", {"name": "fake"})))
         welcome = fake.expect("welcome")
         work = fake.expect("work")
@@ -112,28 +85,31 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
         rng = random.Random(99)
         good = valid_push(dims, welcome["token"], 0, work["chunks"])
         sent = 0
-        for _ in range(10_000):
-            fake.send(malformed(rng, good, dims))
+        for _ in range(10_000):         # from a socket that never registered: dropped unanswered
+            stranger.send(malformed(rng, good, dims))
             sent += 1
         # pushes for chunks this worker does not own, and for an old step: refused, state unchanged
         fake.send(valid_push(dims, welcome["token"], 0, [99]))
         fake.send(valid_push(dims, welcome["token"], 99, work["chunks"]))
         push = [bytes(f) for f in encode(computer.compute(work))]
         fake.send(push)
-        assert fake.expect("reject")["reregister"] is False
-        assert fake.expect("reject")["reregister"] is False
+        assert fake.expect("reject")["refers_to"] == {"cmd": "push", "token": welcome["token"], "step": 0,
+                                                      "chunks": [99]}
+        assert fake.expect("reject")["refers_to"]["step"] == 99
         assert fake.expect("ack")["status"] == "accepted"
         fake.send(push)                                    # delivered twice: same answer, no change
-        assert fake.expect("ack")["status"] == "duplicate"
+        assert fake.expect("ack", skip=("heartbeat", "work"))["status"] == "duplicate"
         rss_after = rss_kb(coordinator.pid)
         fake.send(encode(Message("bye", {"token": welcome["token"]})))
         fake.send(push)                                    # late words with a revoked token: fenced
-        assert fake.expect("reject")["reregister"] is True
+        assert fake.expect("reject", skip=("heartbeat", "work"))["reregister"] is True
+        assert not stranger.socket.poll(0), "an unregistered socket's garbage is never answered"
         pool = [helpers.spawn("worker", "--connect", endpoint) for _ in range(2)]
         assert coordinator.wait(120) == 0
     finally:
-        if fake:
-            fake.close()
+        for peer in (fake, stranger):
+            if peer:
+                peer.close()
         helpers.stop_all(coordinator, *pool)
     log = log_of(save_dir)
     logged = len(re.findall(r"^(dropped|refused) ", log, re.M))
@@ -232,3 +208,28 @@ def _state(pid: int) -> str:
             return handle.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_stalled_worker_s_groups_are_copied_and_the_bits_do_not_change(corpus, tmp_path):
+    """A worker stopped for 2 s (well inside its liveness) would hold every step; backup copies
+    on the other worker carry the run, and the model is bit-identical to an undisturbed run."""
+    save_dir, reference = str(tmp_path / "stalled"), str(tmp_path / "reference")
+    steps = 40
+    coordinator, _, pool = start_cluster(corpus, save_dir, steps, 2, "--hidden", "48", "--liveness", "20")
+    try:
+        helpers.wait_for(lambda: helpers.last_step(save_dir) >= 5, 60, "step 5")
+        pool[1].send_signal(signal.SIGSTOP)
+        stopped_at = helpers.last_step(save_dir)
+        helpers.wait_for(lambda: helpers.last_step(save_dir) >= stopped_at + 3, 30, "steps without it")
+        pool[1].send_signal(signal.SIGCONT)
+        assert coordinator.wait(120) == 0
+    finally:
+        pool[1].send_signal(signal.SIGCONT)
+        helpers.stop_all(coordinator, *pool)
+    lines = helpers.metrics(save_dir)
+    assert all(m["workers"] == 2 for m in lines if "workers" in m)
+    won = sum(m.get("backups_won", 0) for m in lines)
+    assert won >= 3
+    helpers.train(corpus, reference, "--steps", steps, "--workers", 2, "--hidden", "48")
+    assert np.array_equal(helpers.params_of(save_dir), helpers.params_of(reference))
+    print(f"{won} backup copies won while one worker was stopped; bits equal the undisturbed run")

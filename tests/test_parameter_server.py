@@ -20,7 +20,7 @@ def setup(chunks=5):
 
 def compute_push(server, item, computer):
     arrays = server.work_arrays(item)
-    work = Message("work", {"token": item.token, "step": item.step, "chunks": list(item.group)}, arrays)
+    work = Message("work", server.work_fields(item), arrays)
     push = computer.compute(work)
     return Contribution(push["loss"], push.arrays["grad"], push.arrays["h"], push.arrays["c"], 0.0)
 
@@ -58,10 +58,10 @@ def test_duplicates_stale_steps_and_foreign_chunks_change_nothing():
     assert server.accept_push(a, 0, items[a].group, contribution) == ("accepted", None)
     assert server.accept_push(a, 0, items[a].group, contribution) == ("duplicate", None)
     status, reason = server.accept_push(a, 0, items[b].group, contribution)
-    assert status is None and "not assigned" in reason
+    assert status == "refused" and "not assigned" in reason
     status, reason = server.accept_push(a, 5, items[a].group, contribution)
-    assert status is None and "not the step in flight" in reason
-    assert server.accept_push(12345, 0, items[a].group, contribution)[0] is None
+    assert status == "stale" and "not the step in flight" in reason
+    assert server.accept_push(12345, 0, items[a].group, contribution)[0] == "stale"
     assert len(server.in_flight.received) == 1
 
 
@@ -74,7 +74,7 @@ def test_a_dead_worker_s_chunks_move_whole_and_its_token_is_fenced():
     dead, moved = server.reap(6.0)
     assert dead == [b] and [(m.token, m.group) for m in moved] == [(a, items[b].group)]
     late = compute_push(server, items[b], computer)
-    assert server.accept_push(b, 0, items[b].group, late)[0] is None
+    assert server.accept_push(b, 0, items[b].group, late)[0] == "stale"
     for item in (items[a], moved[0]):
         assert server.accept_push(a, 0, item.group, compute_push(server, item, computer))[0] == "accepted"
     assert server.in_flight.complete
@@ -97,13 +97,16 @@ def test_a_joining_worker_gets_chunks_at_the_next_step():
 def test_dropout_masks_do_not_depend_on_the_partition():
     from model.training import dropout_masks
     config = Config(layers=2, hidden=8, chunks=5, seq_len=10, dropout=0.3)
-    whole = dropout_masks(config, 4, range(5), np.float64)
-    parts = np.concatenate([dropout_masks(config, 4, [0, 1], np.float64),
-                            dropout_masks(config, 4, [2, 3, 4], np.float64)], axis=2)
+    shape = (config.layers, config.seq_len, config.hidden)
+
+    def masks(step, chunks, dropout=config.dropout):
+        return dropout_masks(dropout, config.seed, step, chunks, shape, np.float64)
+    whole = masks(4, range(5))
+    parts = np.concatenate([masks(4, [0, 1]), masks(4, [2, 3, 4])], axis=2)
     np.testing.assert_array_equal(whole, parts)
     assert set(np.unique(whole)) == {0.0, 1 / 0.7}
-    assert not np.array_equal(whole, dropout_masks(config, 5, range(5), np.float64))
-    assert dropout_masks(config.replace(dropout=0.0), 4, range(5), np.float64) is None
+    assert not np.array_equal(whole, masks(5, range(5)))
+    assert masks(4, range(5), dropout=0.0) is None
 
 
 def test_learning_rate_decay_is_per_epoch_after_k():
@@ -133,9 +136,73 @@ def test_a_reused_gradient_buffer_gives_the_same_push_as_a_fresh_one():
     server.register(b"w", "w", 0.0)
     item = server.start_step()[0]
     arrays = server.work_arrays(item)
-    work = Message("work", {"token": item.token, "step": item.step, "chunks": list(item.group)}, arrays)
+    work = Message("work", server.work_fields(item), arrays)
     fresh = computer.compute(work)
     stale = np.full(computer.layout.total, np.nan)           # every element must be overwritten
     reused = computer.compute(work, stale)
     assert reused.arrays["grad"] is stale
     np.testing.assert_array_equal(reused.arrays["grad"], fresh.arrays["grad"])
+
+
+def backup_setup(a_walls, b_walls):
+    corpus, config, server = setup()
+    a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
+    server.workers[a].walls_per_chunk.extend(a_walls)
+    server.workers[b].walls_per_chunk.extend(b_walls)
+    items = {i.token: i for i in server.start_step()}
+    for item in items.values():
+        server.dispatched(item, 0.0)
+    return server, WorkerCompute(config.to_dict(), corpus.vocab), a, b, items
+
+
+def test_a_slow_owner_s_group_is_copied_to_an_idle_worker_and_the_first_push_wins():
+    server, computer, a, b, items = backup_setup([0.1] * 3, [1.0] * 3)
+    assert server.backup_work(0.05) == []                 # a is still busy
+    assert server.accept_push(a, 0, items[a].group, compute_push(server, items[a], computer), 0.3)[0] == "accepted"
+    (copy,) = server.backup_work(0.3)                     # b usually needs 2 s for it; a, 0.2 s
+    assert (copy.token, copy.group) == (a, items[b].group)
+    assert server.backup_work(0.4) == []                  # one copy per group
+    from_copy = compute_push(server, copy, computer)
+    from_owner = compute_push(server, items[b], computer)
+    np.testing.assert_array_equal(from_copy.grad, from_owner.grad)    # a copy computes the same bits
+    assert server.accept_push(a, 0, copy.group, from_copy, 0.5) == ("accepted", None)
+    assert server.accept_push(b, 0, items[b].group, from_owner, 2.0) == ("duplicate", None)
+    server.collect()
+    counts = server.take_backup_counts()
+    assert (counts.issued, counts.won, counts.wasted) == (1, 1, 0)
+    assert server.accept_push(b, 0, items[b].group, from_owner, 2.5) == ("duplicate", None)   # late again
+    assert server.workers[b].usual_per_chunk() == 1.0
+
+
+def test_equal_workers_get_no_copy_until_a_group_is_far_past_the_usual_time():
+    server, computer, a, b, items = backup_setup([0.1] * 3, [0.1] * 3)
+    server.accept_push(a, 0, items[a].group, compute_push(server, items[a], computer), 0.3)
+    assert server.backup_work(0.3) == []                  # b's usual time: not late yet
+    (copy,) = server.backup_work(0.45)                    # over LATE_FACTOR x 0.1 s x 2 chunks
+    server.accept_push(b, 0, items[b].group, compute_push(server, items[b], computer), 0.5)
+    assert server.accept_push(a, 0, copy.group, compute_push(server, copy, computer), 0.6)[0] == "duplicate"
+    server.collect()
+    counts = server.take_backup_counts()
+    assert (counts.issued, counts.won, counts.wasted) == (1, 0, 1)
+
+
+def test_dropout_masks_follow_the_spec_s_recipe_and_come_from_the_work_message():
+    """SPEC.md 4.2, written out independently; and the worker uses the p and seed it is sent."""
+    from model.training import dropout_masks
+    p, seed, step, chunks, shape = 0.3, 11, 6, [4, 1], (2, 10, 8)
+    masks = dropout_masks(p, seed, step, chunks, shape, np.float32)            # (L, T, B, H)
+    for column, chunk in enumerate(chunks):
+        draws = np.random.default_rng([seed, step, chunk]).random(shape)
+        expected = np.where(draws < 1 - p, 1.0 / (1 - p), 0.0).astype(np.float32)
+        np.testing.assert_array_equal(masks[:, :, column, :], expected)
+    corpus, config, server = setup()
+    server.state.config = config.replace(dropout=0.3)
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)       # its own config says no dropout
+    server.register(b"w", "w", 0.0)
+    item = server.start_step()[0]
+    work = Message("work", server.work_fields(item), server.work_arrays(item))
+    with_dropout = computer.compute(work).arrays["grad"].copy()
+    work.fields.update(dropout=0.0)
+    assert not np.array_equal(with_dropout, computer.compute(work).arrays["grad"])
+    work.fields.update(dropout=0.3, seed=config.seed + 1)
+    assert not np.array_equal(with_dropout, computer.compute(work).arrays["grad"])

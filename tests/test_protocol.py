@@ -1,4 +1,4 @@
-"""CLSTM/1 encode/decode: round trips, every kind of malformed message, a seeded fuzz."""
+"""CLSTM/2 encode/decode: round trips, every kind of malformed message, a seeded fuzz."""
 import random
 
 import msgpack
@@ -28,16 +28,17 @@ def header_frames(header, arrays=()):
 
 
 def test_round_trip_every_command():
-    work = Message("work", {"token": 1, "step": 0, "chunks": [0]},
+    work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3},
                    {"params": np.ones(10, np.float32), "h": np.ones((2, 1, 3), np.float32),
                     "c": np.ones((2, 1, 3), np.float32), "inputs": np.zeros((1, 4), np.int32),
                     "targets": np.ones((1, 4), np.int32)})
     messages = [push(), work, Message("register", {"name": "w"}), Message("heartbeat", {"token": 1}),
                 Message("bye", {"token": 1}), Message("pull"), Message("stop", {"reason": "done"}),
                 Message("welcome", {"token": 1, "config": {"a": 1}, "vocab": "ab", "heartbeat_s": 1.0,
-                                    "liveness_s": 5}),
+                                    "liveness_s": 5, "names": ["w"], "shapes": [[10]]}),
                 Message("ack", {"step": 1, "chunks": [0], "status": "accepted"}),
-                Message("reject", {"reason": "x", "reregister": True}),
+                Message("reject", {"reason": "x", "reregister": True, "refers_to": {
+                    "cmd": "push", "token": None, "step": 4, "chunks": [1, 2]}}),
                 Message("model", {"step": 1, "config": {}, "vocab": "ab", "names": ["w"], "shapes": [[10]]},
                         {"params": np.ones(10, np.float32)})]
     for message in messages:
@@ -133,9 +134,39 @@ def test_tracked_send_says_when_the_arrays_may_be_reused(tmp_path):
         tracker = send(sender, push, track=True)
         assert not tracker.done                                # 16 MB cannot all be written yet
         assert poll([receiver], 10)
-        _, message = receive(receiver, False, None, 1 << 30, print)
+        _, message, _ = receive(receiver, False, None, 1 << 30, print)
         assert message.arrays["grad"].sum() == grad.size
         tracker.wait(10)
         assert tracker.done
     finally:
         context.destroy(linger=0)
+
+
+def test_field_types_as_the_spec_states_them():
+    register = lambda name: [bytes(f) for f in encode(Message("register", {"name": "x"}))][:1] + [
+        msgpack.packb({"cmd": "register", "arrays": [], "name": name})]
+    assert decode(register("w" * 128))["name"] == "w" * 128
+    with pytest.raises(ProtocolError, match="name"):
+        decode(register("w" * 129))
+    assert decode(encode_unchecked(push(fields={"loss": 12, "compute_s": 0})), DIMS)["loss"] == 12
+    for bad in (3.0, -1, True):
+        with pytest.raises(ProtocolError, match="token"):
+            decode(encode_unchecked(push(fields={"token": bad})), DIMS)
+
+
+def test_arrays_must_come_in_the_listed_order():
+    message = push()
+    specs = [[n, message.arrays[n].dtype.str, list(message.arrays[n].shape)] for n in ("h", "grad", "c")]
+    header = {"cmd": "push", "arrays": specs, **message.fields}
+    frames = header_frames(header, [message.arrays[n].tobytes() for n in ("h", "grad", "c")])
+    with pytest.raises(ProtocolError, match="out of order"):
+        decode(frames, DIMS)
+
+
+def test_a_refusal_names_what_could_be_read_of_the_message():
+    with pytest.raises(ProtocolError) as refused:
+        decode(encode_unchecked(push(fields={"step": -1})), DIMS)
+    assert refused.value.reference == {"cmd": "push", "token": 7, "step": None, "chunks": [1, 2]}
+    with pytest.raises(ProtocolError) as unreadable:
+        decode([SIGNATURE, b"\xc1"], DIMS)
+    assert unreadable.value.reference == {"cmd": "", "token": None, "step": None, "chunks": []}

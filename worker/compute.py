@@ -21,7 +21,8 @@ class WorkerCompute:
         """grad_out: a (P,) buffer to write the gradient into, or None for a fresh one."""
         arrays = work.arrays
         result = self.gradients.compute(arrays["params"], work["step"], work["chunks"], arrays["inputs"],
-                                        arrays["targets"], arrays["h"], arrays["c"], grad_out)
+                                        arrays["targets"], arrays["h"], arrays["c"],
+                                        dropout=work["dropout"], seed=work["seed"], out=grad_out)
         return Message("push", {"token": work["token"], "step": work["step"], "chunks": work["chunks"],
                                 "loss": result.loss, "compute_s": result.compute_s},
                        {"grad": result.grad, "h": result.h, "c": result.c})

@@ -2,6 +2,7 @@
 reconnect with back-off when the coordinator goes silent. The math lives in compute.py."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket as pysocket
@@ -20,7 +21,8 @@ from .compute import WorkerCompute
 class Worker:
     def __init__(self, endpoint: str, *, name: str | None = None, liveness_s: float = LIVENESS_S,
                  backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, curve_client=None, log=log_line):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, curve_client=None, log=log_line,
+                 trace: str | None = None):
         self.endpoint = endpoint
         self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
         self.liveness_s = liveness_s
@@ -38,6 +40,9 @@ class Worker:
         self.stopping = None
         self.steps_done = 0
         self.grad_buffers = SendBuffers()     # gradients go out zero-copy; reused once sent
+        # scripts/netbench.py: per work, when it had arrived and when its result was ready
+        self.trace = open(trace, "a", encoding="utf-8") if trace else None
+        self.received_at: dict[Future, float] = {}
 
     def request_stop(self, signum, _frame) -> None:
         self.stopping = signal.Signals(signum).name
@@ -71,6 +76,8 @@ class Worker:
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.context.destroy(linger=0)
+            if self.trace:
+                self.trace.close()
             os.close(self.wake_read)
             os.close(self.wake_write)
 
@@ -85,6 +92,7 @@ class Worker:
         socket = connect_dealer(self.context, self.endpoint, self.curve_client)
         handshakes = HandshakeWatch(socket) if self.curve_client else None
         token, welcomed, pending = None, False, []
+        latest_step = -1        # work for an older step is obsolete: the coordinator has moved on
         last_heard = last_sent = time.monotonic()
 
         def transmit(message: Message) -> None:
@@ -107,17 +115,21 @@ class Worker:
                     os.read(self.wake_read, 4096)
                 for future in [f for f in pending if f.done()]:
                     pending.remove(future)
+                    if future.cancelled():
+                        self.received_at.pop(future, None)
+                        continue
                     try:
                         push = future.result()
                     except (ValueError, FloatingPointError) as error:
                         self.reject_log(f"worker {self.name}: could not compute the work: {error}")
                         continue
-                    if push["token"] == token:          # results for an old token are fenced off anyway
+                    if push["token"] == token and push["step"] >= latest_step:   # else fenced or moot
                         transmit(push)
                         self.steps_done += 1
+                        self._trace(push, self.received_at.pop(future, now), now)
                 while socket in ready and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    _, message = receive(socket, False, self.compute.dims if self.compute else None,
-                                         self.max_message_bytes, self.reject_log)
+                    _, message, _ = receive(socket, False, self.compute.dims if self.compute else None,
+                                            self.max_message_bytes, self.reject_log)
                     if message is None:
                         continue
                     last_heard = now
@@ -128,10 +140,18 @@ class Worker:
                         self._prepare(message["config"], message["vocab"])
                         self.log(f"worker {self.name}: registered with {self.endpoint}")
                     elif cmd == "work" and token is not None and message["token"] == token:
+                        if message["step"] > latest_step:
+                            latest_step = message["step"]
+                            for future in pending:
+                                future.cancel()         # only work not yet started; it is moot
                         pending.append(self._submit(message))
+                        self.received_at[pending[-1]] = now
                     elif cmd == "reject":
-                        self.reject_log(f"worker {self.name}: coordinator refused: {message['reason']}")
-                        if message["reregister"] and token is not None:   # once, not per refusal
+                        refused = message["refers_to"]
+                        self.reject_log(f"worker {self.name}: coordinator refused {refused['cmd'] or 'a message'}"
+                                        f" for step {refused['step']}: {message['reason']}")
+                        # once per token: a reject naming an older token is history
+                        if message["reregister"] and token is not None and refused["token"] == token:
                             token = None
                             transmit(Message("register", {"name": self.name}))
                     elif cmd == "stop":
@@ -149,6 +169,12 @@ class Worker:
             if handshakes:
                 handshakes.close()
             socket.close(linger=200 if self.stopping else 0)
+
+    def _trace(self, push: Message, received: float, computed: float) -> None:
+        if self.trace:
+            self.trace.write(json.dumps({"step": push["step"], "chunks": push["chunks"], "received": received,
+                                         "computed": computed, "compute_s": push["compute_s"]}) + "\n")
+            self.trace.flush()
 
     def _prepare(self, config: dict, vocab: str) -> None:
         key = (tuple(sorted(config.items())), vocab)

@@ -1,0 +1,196 @@
+"""The cluster on an emulated network: the coordinator and each worker in their own network
+namespace, every link shaped, the default model trained for a few steps per configuration.
+
+    sudo .venv/bin/python scripts/netbench.py --network none,10gbit,1gbit --workers 1,2,4
+    sudo .venv/bin/python scripts/netbench.py --network none --workers 1,2 --slow 100mbit
+
+Reports, per configuration, chars/s and the phases of a step along its critical path (the
+group whose result came last): parameters out (work sent -> arrived), compute, gradients in
+(result ready -> received), update (the optimizer), idle (the rest); the bytes per step on the
+coordinator's link; backup copies; and a digest of the final parameters, so that runs that
+must agree bit for bit can be seen to. Root is needed (network namespaces); the lab is torn
+down on every exit, Ctrl-C included."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import _paths
+from _netlab import Lab, LabError, check_can_build, check_rate
+from model.cli import Parser
+
+DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
+PORT = 5555
+
+
+def run_configuration(rates: list[str], args, model_flags: list[str]) -> dict:
+    """One cluster: rates[0] is the coordinator's link, rates[k] worker k's. Returns the figures."""
+    workers = len(rates) - 1
+    with tempfile.TemporaryDirectory() as save_dir, Lab(rates) as lab:
+        endpoint = f"tcp://{lab.address(0)}:{PORT}"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(os.path.join(save_dir, "cluster.log"), "wb")
+        processes = [subprocess.Popen(
+            [*lab.exec_prefix(0), sys.executable, "-m", "coordinator", "--bind", endpoint,
+             "--corpus", args.corpus, "--save-dir", save_dir, "--steps", str(args.warmup + args.steps),
+             "--min-workers", str(workers), "--checkpoint-every", "100000", "--log-every", "0", "--fresh",
+             "--trace", os.path.join(save_dir, "coordinator.trace"), *model_flags],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT)]
+        before = lab.link_bytes(0)
+        for k in range(1, workers + 1):
+            processes.append(subprocess.Popen(
+                [*lab.exec_prefix(k), sys.executable, "-m", "worker", "--connect", endpoint,
+                 "--name", f"host{k}", "--trace", os.path.join(save_dir, f"worker{k}.trace")],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT))
+        try:
+            code = processes[0].wait(args.timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            after = lab.link_bytes(0)
+            stop(processes)
+            log.close()
+        if code != 0:
+            tail = open(os.path.join(save_dir, "cluster.log"), errors="replace").read()[-1500:]
+            raise SystemExit(f"error: the cluster with links {rates} "
+                             f"{'timed out' if code is None else f'exited {code}'}:\n{tail}")
+        figures = phases(save_dir, args.warmup)
+        steps = args.warmup + args.steps
+        figures["coordinator_link_mb_per_step"] = {"in": (after[0] - before[0]) / steps / 1e6,
+                                                   "out": (after[1] - before[1]) / steps / 1e6}
+        figures["params_digest"] = params_digest(save_dir)
+        return figures
+
+
+def stop(processes) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def phases(save_dir: str, warmup: int) -> dict:
+    """Medians over the timed steps. All processes share this machine's monotonic clock."""
+    metrics = {m["step"]: m for m in read_jsonl(os.path.join(save_dir, "metrics.jsonl")) if "loss" in m}
+    results: dict[int, list[dict]] = {}
+    for name in os.listdir(save_dir):
+        if name.startswith("worker") and name.endswith(".trace"):
+            for line in read_jsonl(os.path.join(save_dir, name)):
+                results.setdefault(line["step"], []).append(line)
+    rows = []
+    for step in read_jsonl(os.path.join(save_dir, "coordinator.trace")):
+        line = metrics.get(step["step"] + 1)
+        arrived = [r for r in results.get(step["step"], []) if r["computed"] <= step["gathered"]]
+        if line is None or step["step"] < warmup or not arrived:
+            continue
+        last = max(arrived, key=lambda r: r["computed"])
+        row = {"step_s": line["step_s"], "out_s": last["received"] - step["dispatched"],
+               "compute_s": last["compute_s"], "in_s": step["gathered"] - last["computed"],
+               "update_s": line["update_s"], "chars_per_s": line["chars_per_s"],
+               "backups_won": line.get("backups_won", 0), "backups_wasted": line.get("backups_wasted", 0)}
+        row["idle_s"] = row["step_s"] - row["out_s"] - row["compute_s"] - row["in_s"] - row["update_s"]
+        rows.append(row)
+    if not rows:
+        raise SystemExit(f"error: no timed steps in {save_dir}; raise --steps")
+    figures = {key: statistics.median(r[key] for r in rows) for key in rows[0] if not key.startswith("backups")}
+    figures["outside_math_share"] = 1 - figures["compute_s"] / figures["step_s"]
+    figures["backups_won"] = sum(r["backups_won"] for r in rows)
+    figures["backups_wasted"] = sum(r["backups_wasted"] for r in rows)
+    return figures
+
+
+def params_digest(save_dir: str) -> str:
+    from model.checkpoint import load_state
+    params = load_state(os.path.join(save_dir, "checkpoint.npz")).params
+    return hashlib.sha256(params.tobytes()).hexdigest()[:12]
+
+
+def configurations(args) -> list[tuple[str, list[str]]]:
+    """(label, per-host link rates) for every requested combination."""
+    rows = []
+    for rate in args.network.split(","):
+        for workers in args.workers:
+            rows.append((f"{rate} x{workers}", [check_rate(rate)] * (workers + 1)))
+            if args.slow and workers >= 2:
+                rows.append((f"{rate} x{workers}, host {workers} at {args.slow}",
+                             [rate] * workers + [check_rate(args.slow)]))
+    return rows
+
+
+def interrupted(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv=None) -> int:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--network", default="none,10gbit,1gbit",
+                        help="link rates to measure, comma-separated tc rates or none (default: %(default)s)")
+    parser.add_argument("--workers", default=[1, 2, 4], type=lambda text: [int(n) for n in text.split(",")],
+                        help="worker counts, comma-separated (default: 1,2,4)")
+    parser.add_argument("--slow", help="also run each N >= 2 with the last worker's link at this rate")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per configuration (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration (default: %(default)s)")
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="(default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args, model_flags = parser.parse_known_args(argv)
+    try:
+        check_can_build()
+        rows = configurations(args)
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not os.path.exists(args.corpus):
+        print(f"error: {args.corpus} not found; run scripts/fetch_data.py or pass --corpus", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, interrupted)
+    results = {}
+    try:
+        for label, rates in rows:
+            results[label] = run_configuration(rates, args, model_flags)
+            if not args.json:
+                print_row(label, results[label])
+    except KeyboardInterrupt:
+        print("interrupted; the lab is torn down", file=sys.stderr)
+        return 130
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def print_row(label: str, f: dict) -> None:
+    ms = lambda key: f"{f[key] * 1000:5.0f}"
+    link = f["coordinator_link_mb_per_step"]
+    print(f"{label:28s} {f['chars_per_s']:7,.0f} chars/s  step {ms('step_s')} ms = out {ms('out_s')} + compute "
+          f"{ms('compute_s')} + in {ms('in_s')} + update {ms('update_s')} + idle {ms('idle_s')}  "
+          f"outside math {f['outside_math_share'] * 100:4.1f}%  coordinator link {link['out']:.1f} MB out "
+          f"{link['in']:.1f} MB in per step  backups won {f['backups_won']} wasted {f['backups_wasted']}  "
+          f"params {f['params_digest']}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

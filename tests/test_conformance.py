@@ -1,0 +1,191 @@
+"""protocol/SPEC.md pinned to behaviour: a minimal worker built only on protocol/ (no model
+code) drives a real coordinator, and each gap an independent implementation found is tested."""
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+
+import helpers
+from helpers import Peer
+from protocol import Message, encode
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def spec_layout(layers: int, hidden: int, vocab: int) -> list[tuple[str, list[int]]]:
+    """The parameter vector as SPEC.md section 4.1 writes it down."""
+    rows = []
+    for layer in range(layers):
+        rows += [(f"lstm{layer}.W_x", [vocab if layer == 0 else hidden, 4 * hidden]),
+                 (f"lstm{layer}.W_h", [hidden, 4 * hidden]), (f"lstm{layer}.b", [4 * hidden])]
+    return rows + [("head.W", [hidden, vocab]), ("head.b", [vocab])]
+
+
+def zero_push(work: Message, dtype=None, **fields) -> Message:
+    """A push of a zero gradient and the states it was given: valid, whatever the model."""
+    dtype = dtype or work.arrays["params"].dtype
+    arrays = {"grad": np.zeros(work.arrays["params"].size, dtype),
+              "h": work.arrays["h"].astype(dtype), "c": work.arrays["c"].astype(dtype)}
+    header = {"token": work["token"], "step": work["step"], "chunks": work["chunks"], "loss": 0,
+              "compute_s": 0.0, **fields}
+    return Message("push", header, arrays)
+
+
+def unchecked(message: Message, order=None) -> list[bytes]:
+    """Frames for a message that encode() would refuse (bad field values, arrays reordered)."""
+    import msgpack
+    from protocol import SIGNATURE
+    names = order or list(message.arrays)
+    specs = [[n, message.arrays[n].dtype.str, list(message.arrays[n].shape)] for n in names]
+    header = msgpack.packb({"cmd": message.cmd, "arrays": specs, **message.fields})
+    return [SIGNATURE, header, *[message.arrays[n].tobytes() for n in names]]
+
+
+@pytest.fixture
+def coordinator(corpus, tmp_path):
+    """A coordinator (real process) for a 2-step float64 run with dropout; stopped afterwards."""
+    save_dir = str(tmp_path)
+    process, endpoint = helpers.start_coordinator(corpus, save_dir, 2, "--dropout", "0.25", "--seed", "5")
+    peers = []
+
+    def peer() -> Peer:
+        peers.append(Peer(endpoint))
+        return peers[-1]
+    yield process, endpoint, save_dir, peer
+    for p in peers:
+        p.close()
+    helpers.stop_all(process)
+
+
+def register(peer: Peer, name="spec-worker") -> Message:
+    peer.send(Message("register", {"name": name}))
+    return peer.expect("welcome")
+
+
+def test_a_worker_written_from_the_spec_trains_a_run(coordinator):
+    process, _, save_dir, peer = coordinator
+    worker = peer()
+    welcome = register(worker, "w" * 128)                  # the longest name allowed
+    config = welcome["config"]
+    expected = spec_layout(config["layers"], config["hidden"], len(welcome["vocab"]))
+    assert list(zip(welcome["names"], welcome["shapes"])) == expected
+    size = sum(math.prod(shape) for _, shape in expected)
+    for step in range(2):
+        work = worker.expect("work")
+        assert (work["step"], work["dropout"], work["seed"]) == (step, 0.25, 5)
+        assert list(work.arrays) == ["params", "h", "c", "inputs", "targets"]
+        assert work.arrays["params"].size == size and work.arrays["params"].dtype == np.float64
+        worker.send(zero_push(work))                       # loss sent as an int: a float field may be
+        assert worker.expect("ack")["status"] == "accepted"
+    assert "training finished" in worker.expect("stop")["reason"]
+    assert process.wait(30) == 0
+    assert [m["step"] for m in helpers.metrics(save_dir)] == [1, 2]
+
+
+def test_refused_pushes_are_answered_with_a_reference_and_three_drop_the_worker(coordinator):
+    process, endpoint, save_dir, peer = coordinator
+    broken = peer()
+    token = register(broken)["token"]
+    work = broken.expect("work")
+    reference = {"cmd": "push", "token": token, "step": 0, "chunks": work["chunks"]}
+    sent = time.monotonic()
+    broken.send(zero_push(work, dtype=np.float32))         # the run is float64
+    refused = broken.expect("reject")
+    assert refused["refers_to"] == reference and not refused["reregister"]
+    assert "<f4" in refused["reason"] and "<f8" in refused["reason"]
+    broken.send(unchecked(zero_push(work, step=-1)))        # SPEC 5.3: answered, not dropped
+    assert broken.expect("reject")["refers_to"] == dict(reference, step=None)
+    broken.send(unchecked(zero_push(work), order=["h", "grad", "c"]))
+    assert "out of order" in broken.expect("reject")["reason"]
+    stop = broken.expect("stop")
+    waited = time.monotonic() - sent
+    assert "3 refused pushes in a row" in stop["reason"]
+    assert waited < 5, f"the bad worker held the step for {waited:.1f}s"
+    good = helpers.spawn("worker", "--connect", endpoint, log_path=os.path.join(save_dir, "worker.log"))
+    try:
+        assert process.wait(60) == 0                       # its chunks went to the real worker
+    finally:
+        helpers.stop_all(good)
+    print(f"a worker sending only invalid pushes was stopped {waited:.3f}s after its first")
+
+
+def test_only_valid_messages_with_the_current_token_are_signs_of_life(coordinator):
+    _, _, save_dir, peer = coordinator
+    idler = peer()
+    token = register(idler)["token"]
+    idler.expect("work")
+    deadline = time.monotonic() + 20
+    while "declared dead" not in open(os.path.join(save_dir, "coordinator.log")).read():
+        assert time.monotonic() < deadline, "a peer sending only pulls and bad heartbeats stayed alive"
+        idler.send(unchecked(Message("heartbeat", {"token": str(token)})))
+        idler.send(Message("pull"))
+        idler.expect("model")
+    idler.send(Message("heartbeat", {"token": token}))
+    assert idler.expect("reject")["reregister"] is True
+
+
+def test_bye_is_never_answered_and_a_stranger_s_bye_is_not_invited_back(coordinator):
+    _, _, _, peer = coordinator
+    leaving = peer()
+    token = register(leaving)["token"]
+    leaving.expect("work")
+    leaving.send(Message("bye", {"token": token + 1}))
+    leaving.send(Message("bye", {"token": token}))
+    assert leaving.quiet_for(0.5)
+    leaving.send(Message("heartbeat", {"token": token}))        # it left: its token is gone
+    assert leaving.expect("reject")["refers_to"]["token"] == token
+
+
+def test_a_token_is_bound_to_the_socket_that_registered_it(coordinator):
+    _, _, _, peer = coordinator
+    owner, thief = peer(), peer()
+    token = register(owner)["token"]
+    work = owner.expect("work")
+    thief.send(zero_push(work))
+    refused = thief.expect("reject")
+    assert refused["reregister"] is True and refused["refers_to"]["token"] == token
+    owner.send(zero_push(work))
+    assert owner.expect("ack")["status"] == "accepted"
+
+
+def test_a_worker_re_registers_only_for_a_reject_naming_its_current_token(tmp_path):
+    """A real worker against a hand-driven coordinator (a ROUTER speaking protocol/ only)."""
+    import zmq
+    from protocol import decode
+    from model.config import Config
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    worker = helpers.spawn("worker", "--connect", f"tcp://127.0.0.1:{port}",
+                           log_path=str(tmp_path / "worker.log"))
+
+    def next_command(timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if router.poll(50):
+                identity, *frames = router.recv_multipart()
+                message = decode(frames)
+                if message.cmd != "heartbeat":
+                    return identity, message
+        return None, None
+
+    def answer(identity, message):
+        router.send_multipart([identity, *encode(message)])
+    try:
+        identity, message = next_command()
+        assert message.cmd == "register"
+        config = Config(layers=1, hidden=4, chunks=2, seq_len=5).to_dict()
+        answer(identity, Message("welcome", {"token": 7, "config": config, "vocab": "ab", "heartbeat_s": 0.2,
+                                             "liveness_s": 5.0, "names": [], "shapes": []}))
+        old = {"cmd": "push", "token": 6, "step": 3, "chunks": [0]}
+        answer(identity, Message("reject", {"reason": "stale", "reregister": True, "refers_to": old}))
+        assert next_command(1.0) == (None, None), "a reject about an older token made it register"
+        answer(identity, Message("reject", {"reason": "unknown token", "reregister": True,
+                                            "refers_to": dict(old, token=7)}))
+        assert next_command()[1].cmd == "register"
+    finally:
+        helpers.stop_all(worker)
+        router.close(0)
+        context.term()
