@@ -23,6 +23,8 @@ from protocol import LIVENESS_S
 # was sent, so a step's ordinary spread does not cost a wasted computation.
 BACKUP_FLOOR_S = 0.1
 LATE_FACTOR = 2.0
+LOSSES_BEFORE_BYPASS = 3    # an owner whose groups copies won this often in a row gets no work...
+PROBE_EVERY = 4             # ...except every 4th step, to show whether it is still slow
 WALLS_KEPT = 8              # per worker: seconds per chunk, work sent to push received
 RECENT_STEPS = 4            # finished steps whose late pushes are still answered `duplicate`
 
@@ -35,6 +37,7 @@ class WorkerRecord:
     last_heard: float
     last_sent: float = 0.0
     refused_in_a_row: int = 0
+    lost_in_a_row: int = 0      # own groups whose copy was accepted first
     walls_per_chunk: deque = field(default_factory=lambda: deque(maxlen=WALLS_KEPT))
 
     def usual_per_chunk(self) -> float | None:
@@ -48,6 +51,7 @@ class StepInFlight:
     received: dict[tuple[int, ...], Contribution] = field(default_factory=dict)
     accepted_from: dict[tuple[int, ...], int] = field(default_factory=dict)
     backup: dict[tuple[int, ...], int] = field(default_factory=dict)   # group -> token with a copy
+    bypassed: set[tuple[int, ...]] = field(default_factory=set)        # copied instead of sent to its owner
 
     @property
     def complete(self) -> bool:
@@ -123,12 +127,17 @@ class ParameterServer:
     def drop(self, token: int) -> list[WorkItem]:
         """Forgets a worker (dead or leaving); its unfinished groups go to live workers."""
         self.workers.pop(token, None)
-        if self.in_flight is None:
+        flight = self.in_flight
+        if flight is None:
             return []
-        self.in_flight.backup = {g: t for g, t in self.in_flight.backup.items() if t != token}
-        orphaned = [g for g, t in self.in_flight.owner.items()
-                    if t == token and g not in self.in_flight.received]
-        return self._reassign(orphaned)
+        copies_lost = [g for g, t in flight.backup.items() if t == token and g not in flight.received]
+        flight.backup = {g: t for g, t in flight.backup.items() if t != token}
+        work = self._reassign([g for g, t in flight.owner.items() if t == token and g not in flight.received])
+        for group in copies_lost:           # a bypassed owner must now compute its group itself
+            if group in flight.bypassed and flight.owner[group] in self.workers:
+                flight.bypassed.discard(group)
+                work.append(WorkItem(flight.owner[group], flight.step, group))
+        return work
 
     def reap(self, now: float) -> tuple[list[int], list[WorkItem]]:
         """Declares workers silent past liveness_s dead. Returns (dead tokens, new work)."""
@@ -169,13 +178,28 @@ class ParameterServer:
 
     # steps --------------------------------------------------------------------------------
     def start_step(self) -> list[WorkItem]:
-        """Partitions the chunks over the live workers (in token order) for the next step."""
+        """Partitions the chunks over the live workers (in token order) for the next step. The
+        group of an owner that keeps losing to copies goes straight to a copy on a steady worker,
+        after that worker's own group (a slow host is routed around; the partition, and so every
+        bit of the result, stays the same)."""
         if self.in_flight is not None or not self.workers:
             return []
-        tokens = sorted(self.workers)
+        tokens, step = sorted(self.workers), self.state.step
         groups = partition(self.state.config.chunks, len(tokens))
-        self.in_flight = StepInFlight(self.state.step, dict(zip(groups, tokens)))
-        return [WorkItem(t, self.state.step, g) for g, t in zip(groups, tokens)]
+        self.in_flight = flight = StepInFlight(step, dict(zip(groups, tokens)))
+        steady = [t for t in tokens if self.workers[t].lost_in_a_row < LOSSES_BEFORE_BYPASS]
+        own, copies = [], []
+        for group, token in zip(groups, tokens):
+            if token in steady or not steady or step % PROBE_EVERY == 0:
+                own.append(WorkItem(token, step, group))
+                continue
+            load = {t: sum(item.token == t for item in copies) for t in steady}
+            copy = min(steady, key=lambda t: (load[t], self.workers[t].usual_per_chunk() or float("inf"), t))
+            flight.backup[group] = copy
+            flight.bypassed.add(group)
+            self.step_backups.issued += 1
+            copies.append(WorkItem(copy, step, group))
+        return own + copies
 
     def work_fields(self, item: WorkItem) -> dict:
         """The `work` header: what to compute, and what determines its dropout masks."""
@@ -209,6 +233,11 @@ class ParameterServer:
             flight.accepted_from[group] = token
             if flight.backup.get(group) == token:
                 self.step_backups.won += 1
+                owner = self.workers.get(flight.owner[group])
+                if owner is not None:
+                    owner.lost_in_a_row += 1
+            else:
+                self.workers[token].lost_in_a_row = 0
             return "accepted", None
         if key in self.sent_at or key in self.recently_accepted:
             return "duplicate", None

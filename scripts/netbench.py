@@ -5,7 +5,8 @@ namespace, every link shaped, the default model trained for a few steps per conf
     sudo .venv/bin/python scripts/netbench.py --network none --workers 1,2 --slow 100mbit
 
 Reports, per configuration, chars/s and the phases of a step along its critical path (the
-group whose result came last): parameters out (work sent -> arrived), compute, gradients in
+group whose result came last): parameters out (work sent -> arrived), queued (behind other
+work on that worker), compute, gradients in
 (result ready -> received), update (the optimizer), idle (the rest); the bytes per step on the
 coordinator's link; backup copies; and a digest of the final parameters, so that runs that
 must agree bit for bit can be seen to. Root is needed (network namespaces); the lab is torn
@@ -106,10 +107,11 @@ def phases(save_dir: str, warmup: int) -> dict:
             continue
         last = max(arrived, key=lambda r: r["computed"])
         row = {"step_s": line["step_s"], "out_s": last["received"] - step["dispatched"],
+               "queued_s": last["computed"] - last["compute_s"] - last["received"],
                "compute_s": last["compute_s"], "in_s": step["gathered"] - last["computed"],
                "update_s": line["update_s"], "chars_per_s": line["chars_per_s"],
                "backups_won": line.get("backups_won", 0), "backups_wasted": line.get("backups_wasted", 0)}
-        row["idle_s"] = row["step_s"] - row["out_s"] - row["compute_s"] - row["in_s"] - row["update_s"]
+        row["idle_s"] = row["step_s"] - sum(row[k] for k in ("out_s", "queued_s", "compute_s", "in_s", "update_s"))
         rows.append(row)
     if not rows:
         raise SystemExit(f"error: no timed steps in {save_dir}; raise --steps")
@@ -185,8 +187,8 @@ def main(argv=None) -> int:
 def print_row(label: str, f: dict) -> None:
     ms = lambda key: f"{f[key] * 1000:5.0f}"
     link = f["coordinator_link_mb_per_step"]
-    print(f"{label:28s} {f['chars_per_s']:7,.0f} chars/s  step {ms('step_s')} ms = out {ms('out_s')} + compute "
-          f"{ms('compute_s')} + in {ms('in_s')} + update {ms('update_s')} + idle {ms('idle_s')}  "
+    print(f"{label:28s} {f['chars_per_s']:7,.0f} chars/s  step {ms('step_s')} ms = out {ms('out_s')} + queued "
+          f"{ms('queued_s')} + compute {ms('compute_s')} + in {ms('in_s')} + update {ms('update_s')} + idle {ms('idle_s')}  "
           f"outside math {f['outside_math_share'] * 100:4.1f}%  coordinator link {link['out']:.1f} MB out "
           f"{link['in']:.1f} MB in per step  backups won {f['backups_won']} wasted {f['backups_wasted']}  "
           f"params {f['params_digest']}", flush=True)

@@ -206,3 +206,20 @@ def test_dropout_masks_follow_the_spec_s_recipe_and_come_from_the_work_message()
     assert not np.array_equal(with_dropout, computer.compute(work).arrays["grad"])
     work.fields.update(dropout=0.3, seed=config.seed + 1)
     assert not np.array_equal(with_dropout, computer.compute(work).arrays["grad"])
+
+
+def test_an_owner_that_keeps_losing_is_routed_around_except_on_probe_steps():
+    corpus, config, server = setup()
+    a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
+    server.workers[b].lost_in_a_row = 3
+    server.state.step = 5
+    items = server.start_step()
+    groups = partition(config.chunks, 2)
+    assert [(i.token, i.group) for i in items] == [(a, groups[0]), (a, groups[1])]   # a's own first
+    assert server.in_flight.bypassed == {groups[1]} and server.in_flight.owner[groups[1]] == b
+    moved = server.drop(a)                       # the copy's holder died: the owner computes its group
+    assert sorted((i.token, i.group) for i in moved) == [(b, groups[0]), (b, groups[1])]
+    server.in_flight = None
+    server.register(b"a", "a", 0.0)
+    server.state.step = 8                        # a probe step: the slow owner shows its pace again
+    assert {i.token for i in server.start_step()} == set(server.workers)
