@@ -15,6 +15,7 @@ import numpy as np
 
 from model.corpus import Corpus
 from model.training import Contribution, TrainState
+from model.wire import WIRE_TAGS, narrow
 from protocol import LIVENESS_S
 
 # Backup copies (SPEC.md 5.6): a group still out is copied to an idle worker when its owner
@@ -105,6 +106,7 @@ class ParameterServer:
         # (token, step, group) -> when that work was sent, for recent steps; None once its push came
         self.sent_at: dict[tuple[int, int, tuple[int, ...]], float | None] = {}
         self.step_backups, self.total_backups = BackupCounts(), BackupCounts()
+        self.wire_params: tuple[int, np.ndarray | None] = (-1, None)
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
 
     # roster -------------------------------------------------------------------------------
@@ -205,12 +207,15 @@ class ParameterServer:
         """The `work` header: what to compute, and what determines its dropout masks."""
         config = self.state.config
         return {"token": item.token, "step": item.step, "chunks": list(item.group),
-                "dropout": config.dropout, "seed": config.seed}
+                "dropout": config.dropout, "seed": config.seed,
+                "wire": WIRE_TAGS[config.wire_dtype] or np.dtype(config.dtype).str}
 
     def work_arrays(self, item: WorkItem) -> dict[str, np.ndarray]:
         chunk_ids = list(item.group)
         inputs, targets = self.corpus.window(self.state.step_in_epoch, chunk_ids)
-        return {"params": self.state.params, "h": self.state.chunk_h[:, chunk_ids],
+        if self.wire_params[0] != self.state.step:      # narrowed once per step, sent to all
+            self.wire_params = (self.state.step, narrow(self.state.params, self.state.config.wire_dtype))
+        return {"params": self.wire_params[1], "h": self.state.chunk_h[:, chunk_ids],
                 "c": self.state.chunk_c[:, chunk_ids], "inputs": inputs, "targets": targets}
 
     def dispatched(self, item: WorkItem, now: float) -> None:

@@ -11,6 +11,7 @@ import zmq
 from model.corpus import Corpus
 from model.run import Gathered
 from model.training import Contribution, TrainState, shape_sizes
+from model.wire import widen
 from protocol import HEARTBEAT_S, LIVENESS_S, Message
 from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_REFUSED_PUSHES, ProtocolError
 from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, log_line, peak_rss_mb,
@@ -186,8 +187,8 @@ class Coordinator:
 
     def _handle_push(self, token: int, message: Message) -> None:
         group = tuple(message["chunks"])
-        contribution = Contribution(message["loss"], message.arrays["grad"], message.arrays["h"],
-                                    message.arrays["c"], message["compute_s"])
+        contribution = Contribution(message["loss"], widen(message.arrays["grad"], self.state.params.dtype),
+                                    message.arrays["h"], message.arrays["c"], message["compute_s"])
         status, reason = self.server.accept_push(token, message["step"], group, contribution,
                                                  time.monotonic())
         if status in ("accepted", "duplicate"):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 DTYPES = ("float32", "float64")
 RECURRENT_FORMS = ("auto", "blocks", "single")
+WIRE_DTYPES = ("exact", "bfloat16", "float16")
 
 # Fields that fix the shape of the parameters or of the data; a resumed run may not change them.
 ARCHITECTURE_FIELDS = ("layers", "hidden", "seq_len", "chunks", "chunk_len", "val_fraction", "dtype")
@@ -41,6 +42,10 @@ class Config:
         "blocks, fast where OpenBLAS has its AVX-512 small-matrix kernel), 'single' (one product), "
         "or 'auto' (decided once per run from the coordinator's CPU, then kept in the checkpoint). "
         "The two forms differ in the last bits, so one run uses one form everywhere", RECURRENT_FORMS)
+    wire_dtype: str = _field(
+        "exact", "what parameters and gradients travel as between coordinator and workers: 'exact' "
+        "(the run's dtype), or 'bfloat16' / 'float16', half the bytes, rounded (the in-process "
+        "path rounds alike, so worker counts still agree)", WIRE_DTYPES)
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,7 +62,7 @@ class Config:
             problems.append("need finite lr > 0, 0 <= rho < 1, eps > 0 and clip >= 0")
         if not (0.0 <= self.dropout < 1.0 and 0.0 < self.lr_decay <= 1.0 and self.lr_decay_after >= 0):
             problems.append("need 0 <= dropout < 1, 0 < lr_decay <= 1 and lr_decay_after >= 0")
-        for name in ("dtype", "recurrent_form"):
+        for name in ("dtype", "recurrent_form", "wire_dtype"):
             choices = self.choices(name)
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {choices} (got {getattr(self, name)!r})")

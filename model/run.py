@@ -22,6 +22,7 @@ from .optim import RMSprop
 from .recurrent import resolve_form
 from .training import ChunkGradients, Contribution, TrainState, new_state
 from .validation import Validator
+from .wire import wire_round
 
 DEFAULT_EPOCHS = 50
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -73,9 +74,11 @@ class InProcessSource:
 
     def gather(self, state: TrainState, stopping) -> Gathered:
         inputs, targets = self.corpus.window(state.step_in_epoch)
-        contribution = self.gradients.compute(state.params, state.step, self.all_chunks, inputs,
-                                              targets, state.chunk_h, state.chunk_c,
+        wire = state.config.wire_dtype          # rounded as a worker's would be, both ways
+        contribution = self.gradients.compute(wire_round(state.params, wire), state.step, self.all_chunks,
+                                              inputs, targets, state.chunk_h, state.chunk_c,
                                               dropout=state.config.dropout, seed=state.config.seed)
+        contribution.grad = wire_round(contribution.grad, wire)
         return Gathered({self.all_chunks: contribution}, {"workers": 0})
 
     def params_out(self, state: TrainState) -> np.ndarray:

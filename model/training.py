@@ -12,6 +12,7 @@ from .config import Config
 from .corpus import Corpus
 from .params import ParamLayout, init_params
 from .recurrent import resolve_form
+from .wire import WIRE_TAGS
 
 
 @dataclass
@@ -72,8 +73,11 @@ def new_state(config: Config, corpus: Corpus) -> TrainState:
 def shape_sizes(config: Config, layout: ParamLayout) -> dict:
     """The sizes behind the wire protocol's shape symbols (protocol/SPEC.md, section 4) for a
     run, and its float dtype: what coordinator and workers check every array against."""
-    return {"P": layout.total, "L": config.layers, "H": config.hidden, "T": config.seq_len,
-            "float": np.dtype(config.dtype).str}
+    sizes = {"P": layout.total, "L": config.layers, "H": config.hidden, "T": config.seq_len,
+             "float": np.dtype(config.dtype).str}
+    if WIRE_TAGS[config.wire_dtype]:
+        sizes["wire"] = WIRE_TAGS[config.wire_dtype]
+    return sizes
 
 
 def dropout_masks(dropout: float, seed: int, step: int, chunk_ids, shape: tuple[int, int, int],

@@ -16,6 +16,10 @@ LIVENESS_S = 10.0       # default silence after which a peer is taken for dead
 MAX_REFUSED_PUSHES = 3  # refused pushes in a row after which a worker is stopped and dropped
 MAX_NAME_CHARS = 128
 FLOAT_DTYPES = ("<f4", "<f8")
+# Narrow wire dtypes for the two big arrays (SPEC.md, section 4.3): IEEE half, and bfloat16
+# (the top 16 bits of a float32), which numpy holds as uint16.
+WIRE_DTYPES = ("<f2", "bf16")
+STORAGE = {"bf16": "<u2"}
 INDEX_DTYPE = "<i4"
 
 
@@ -31,9 +35,9 @@ class ProtocolError(ValueError):
 
 
 # Field kinds.
-INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, STRS, SHAPES, REFERENCE = (
+INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, STRS, SHAPES, REFERENCE, WIRE = (
     "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "strs", "shapes",
-    "reference")
+    "reference", "wire")
 
 # cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
 STATE = ("L", "B", "H")
@@ -41,12 +45,12 @@ SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
     "register": ({"name": NAME}, {}),
     "heartbeat": ({"token": INT}, {}),
     "push": ({"token": INT, "step": INT, "chunks": CHUNKS, "loss": FLOAT, "compute_s": FLOAT},
-             {"grad": ("float", ("P",)), "h": ("float", STATE), "c": ("float", STATE)}),
+             {"grad": ("wire", ("P",)), "h": ("float", STATE), "c": ("float", STATE)}),
     "bye": ({"token": INT}, {}),
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
                  "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES}, {}),
-    "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT},
-             {"params": ("float", ("P",)), "h": ("float", STATE), "c": ("float", STATE),
+    "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE},
+             {"params": ("wire", ("P",)), "h": ("float", STATE), "c": ("float", STATE),
               "inputs": ("index", ("B", "T")), "targets": ("index", ("B", "T"))}),
     "ack": ({"step": INT, "chunks": INTS, "status": STR}, {}),
     "reject": ({"reason": STR, "reregister": BOOL, "refers_to": REFERENCE}, {}),
@@ -91,6 +95,7 @@ def _check_field(cmd: str, name: str, kind: str, value) -> None:
     ok = {
         INT: lambda v: _is_int(v),
         REFERENCE: lambda v: isinstance(v, dict) and v == reference_of(v),
+        WIRE: lambda v: v in FLOAT_DTYPES + WIRE_DTYPES,
         FLOAT: _is_float,
         FRACTION: lambda v: _is_float(v) and 0 <= v < 1,
         STR: lambda v: isinstance(v, str) and len(v) <= MAX_HEADER_BYTES,
@@ -128,15 +133,18 @@ def _check_fields(cmd: str, fields: dict) -> None:
 def _check_array(cmd: str, name: str, array: np.ndarray, fields: dict, dims: dict | None,
                  check_values: bool = True) -> None:
     kind, symbols = SCHEMAS[cmd][1][name]
-    dtype = array.dtype.str
+    dtype = wire_name(array.dtype)
     if kind == "index" and dtype != INDEX_DTYPE:
         raise ProtocolError(f"{cmd}: array {name!r} must be {INDEX_DTYPE}, got {dtype}")
-    if kind == "float":
-        if dtype not in FLOAT_DTYPES:
-            raise ProtocolError(f"{cmd}: array {name!r} must be one of {FLOAT_DTYPES}, got {dtype}")
-        if dims and "float" in dims and dtype != dims["float"]:
-            raise ProtocolError(f"{cmd}: array {name!r} is {dtype}, this run uses {dims['float']}")
-        if check_values and not np.isfinite(array).all():
+    if kind in ("float", "wire"):
+        allowed = FLOAT_DTYPES + (WIRE_DTYPES if kind == "wire" else ())
+        if dtype not in allowed:
+            raise ProtocolError(f"{cmd}: array {name!r} must be one of {allowed}, got {dtype}")
+        if dims and "float" in dims and dtype != dims["float"] and not (
+                kind == "wire" and dtype == dims.get("wire")):
+            run = dims["float"] + (f" or {dims['wire']}" if kind == "wire" and dims.get("wire") else "")
+            raise ProtocolError(f"{cmd}: array {name!r} is {dtype}, this run uses {run}")
+        if check_values and not finite(array):
             raise ProtocolError(f"{cmd}: array {name!r} holds NaN or infinite values")
     if array.ndim != len(symbols):
         raise ProtocolError(f"{cmd}: array {name!r} must have {len(symbols)} dimensions, "
@@ -148,6 +156,17 @@ def _check_array(cmd: str, name: str, array: np.ndarray, fields: dict, dims: dic
         if symbol in known and array.shape[axis] != known[symbol]:
             raise ProtocolError(f"{cmd}: array {name!r} has shape {array.shape}, axis {axis} "
                                 f"must be {symbol} = {known[symbol]}")
+
+
+def wire_name(dtype: np.dtype) -> str:
+    """The protocol's name of a numpy dtype (uint16 holds bfloat16)."""
+    return "bf16" if dtype.str == STORAGE["bf16"] else dtype.str
+
+
+def finite(array: np.ndarray) -> bool:
+    if wire_name(array.dtype) == "bf16":         # all-ones exponent: infinity or NaN
+        return not np.any(np.bitwise_and(array, 0x7F80) == 0x7F80)
+    return bool(np.isfinite(array).all())
 
 
 def encode(message: Message) -> list:
@@ -165,7 +184,7 @@ def encode(message: Message) -> list:
             array = array.astype(array.dtype.newbyteorder("<"))
         # values are the receiver's to check (SPEC section 3); scanning them twice costs a step time
         _check_array(message.cmd, name, array, message.fields, None, check_values=False)
-        specs.append([name, array.dtype.str, list(array.shape)])
+        specs.append([name, wire_name(array.dtype), list(array.shape)])
         frames.append(memoryview(array).cast("B") if array.size else b"")
     header = msgpack.packb({"cmd": message.cmd, "arrays": specs, **message.fields}, use_bin_type=True)
     if len(header) > MAX_HEADER_BYTES:
@@ -191,8 +210,9 @@ def decode(frames, dims: dict | None = None,
            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
     """Frames (bytes-like, without the ROUTER identity) -> Message, or ProtocolError.
 
-    dims, when given, maps shape symbols (P, S, W, T) and "float" (the run's float dtype)
-    to the values this receiver expects."""
+    dims, when given, maps shape symbols (P, L, H, T), "float" (the run's float dtype) and
+    "wire" (the narrow dtype `params` and `grad` may travel in, if any) to what this receiver
+    expects."""
     frames = list(frames)
     if len(frames) < 2:
         raise ProtocolError(f"a message needs at least 2 frames, got {len(frames)}")
@@ -220,7 +240,7 @@ def _decode_body(header: dict, frames: list, dims: dict | None) -> Message:
     arrays = {}
     for position, (spec, frame) in enumerate(zip(specs, frames[2:])):
         if (not isinstance(spec, list) or len(spec) != 3 or not isinstance(spec[0], str)
-                or spec[1] not in FLOAT_DTYPES + (INDEX_DTYPE,) or not isinstance(spec[2], list)
+                or spec[1] not in FLOAT_DTYPES + WIRE_DTYPES + (INDEX_DTYPE,) or not isinstance(spec[2], list)
                 or len(spec[2]) > 4 or not all(_is_int(d) and d < 2 ** 31 for d in spec[2])):
             raise ProtocolError(f"{cmd}: malformed array description {_short(spec)}")
         name, dtype, shape = spec
@@ -228,11 +248,11 @@ def _decode_body(header: dict, frames: list, dims: dict | None) -> Message:
             raise ProtocolError(f"{cmd}: unexpected or repeated array {_short(name)}")
         if position >= len(expected) or name != list(expected)[position]:
             raise ProtocolError(f"{cmd}: array {name!r} out of order; the order is {list(expected)}")
-        itemsize = np.dtype(dtype).itemsize
-        if math.prod(shape) * itemsize != len(frame):
+        storage = np.dtype(STORAGE.get(dtype, dtype))
+        if math.prod(shape) * storage.itemsize != len(frame):
             raise ProtocolError(f"{cmd}: array {name!r} of shape {shape} and {dtype} needs "
-                                f"{math.prod(shape) * itemsize} bytes, frame has {len(frame)}")
-        arrays[name] = np.frombuffer(frame, dtype=dtype).reshape(shape)
+                                f"{math.prod(shape) * storage.itemsize} bytes, frame has {len(frame)}")
+        arrays[name] = np.frombuffer(frame, dtype=storage).reshape(shape)
         _check_array(cmd, name, arrays[name], header, dims)
     if arrays.keys() != expected.keys():
         raise ProtocolError(f"{cmd}: arrays must be {sorted(expected)}, got {sorted(arrays)}")

@@ -135,3 +135,19 @@ def test_coordinator_killed_and_restarted_resumes_bit_identically(corpus, tmp_pa
         helpers.stop_all(coordinator, *pool)
     assert "resuming from" in open(os.path.join(save_dir, "coordinator2.log")).read()
     np.testing.assert_array_equal(helpers.params_of(save_dir), helpers.params_of(straight))
+
+
+@pytest.mark.parametrize("wire", ["bfloat16", "float16"])
+def test_a_narrow_wire_rounds_alike_in_process_and_over_the_network(corpus, tmp_path, wire):
+    results = {}
+    for workers in (0, 1, 3):
+        save_dir = str(tmp_path / f"w{workers}")
+        helpers.train(corpus, save_dir, "--steps", 4, "--workers", workers, "--wire-dtype", wire)
+        results[workers] = helpers.params_of(save_dir)
+    exact = str(tmp_path / "exact")
+    helpers.train(corpus, exact, "--steps", 4, "--workers", 0)
+    np.testing.assert_array_equal(results[1], results[0])
+    print(f"{wire}: 3 workers vs one process {relative(results[3], results[0]):.1e}, "
+          f"vs the exact wire {relative(results[0], helpers.params_of(exact)):.1e}")
+    assert relative(results[3], results[0]) < 1e-2            # a few bfloat16 roundings apart
+    assert relative(results[0], helpers.params_of(exact)) > 1e-6

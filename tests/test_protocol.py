@@ -28,8 +28,8 @@ def header_frames(header, arrays=()):
 
 
 def test_round_trip_every_command():
-    work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3},
-                   {"params": np.ones(10, np.float32), "h": np.ones((2, 1, 3), np.float32),
+    work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3, "wire": "bf16"},
+                   {"params": np.ones(10, np.uint16), "h": np.ones((2, 1, 3), np.float32),
                     "c": np.ones((2, 1, 3), np.float32), "inputs": np.zeros((1, 4), np.int32),
                     "targets": np.ones((1, 4), np.int32)})
     messages = [push(), work, Message("register", {"name": "w"}), Message("heartbeat", {"token": 1}),
@@ -42,7 +42,7 @@ def test_round_trip_every_command():
                 Message("model", {"step": 1, "config": {}, "vocab": "ab", "names": ["w"], "shapes": [[10]]},
                         {"params": np.ones(10, np.float32)})]
     for message in messages:
-        decoded = decode(frames_of(message), DIMS)
+        decoded = decode(frames_of(message), dict(DIMS, wire="bf16"))
         assert decoded.cmd == message.cmd and decoded.fields == message.fields
         for name, array in message.arrays.items():
             np.testing.assert_array_equal(decoded.arrays[name], array)
@@ -170,3 +170,36 @@ def test_a_refusal_names_what_could_be_read_of_the_message():
     with pytest.raises(ProtocolError) as unreadable:
         decode([SIGNATURE, b"\xc1"], DIMS)
     assert unreadable.value.reference == {"cmd": "", "token": None, "step": None, "chunks": []}
+
+
+def test_narrow_wire_dtypes_travel_only_where_the_spec_allows_them():
+    narrow_dims = dict(DIMS, wire="bf16")
+    bf16 = np.full(10, 0x3F80, np.uint16)                     # 1.0
+    assert decode(frames_of(push(arrays={"grad": bf16})), narrow_dims).arrays["grad"].dtype == np.uint16
+    with pytest.raises(ProtocolError, match="this run uses <f4 or bf16"):
+        decode(frames_of(push(arrays={"grad": np.ones(10, np.float16)})), narrow_dims)
+    with pytest.raises(ProtocolError, match="this run uses <f4"):
+        decode(frames_of(push(arrays={"grad": bf16})), DIMS)      # an exact run
+    with pytest.raises(ProtocolError, match="must be one of"):
+        decode(frames_of(push(arrays={"h": np.ones((2, 2, 3), np.uint16)})), narrow_dims)
+    with pytest.raises(ProtocolError, match="NaN or infinite"):
+        decode(frames_of(push(arrays={"grad": np.full(10, 0x7F80, np.uint16)})), narrow_dims)
+
+
+def test_bfloat16_rounds_to_nearest_even_and_widens_exactly():
+    from model.wire import narrow, widen, wire_round
+    values = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5, 3e38, 1e-40],
+                      np.float32)
+    def reference(x):               # one value at a time, in Python integers
+        import struct
+        bits = struct.unpack("<I", struct.pack("<f", x))[0]
+        upper, lower = bits >> 16, bits & 0xFFFF
+        upper += lower > 0x8000 or (lower == 0x8000 and upper & 1)
+        return struct.unpack("<f", struct.pack("<I", upper << 16))[0]
+    expected = np.array([reference(float(v)) for v in values], np.float32)
+    assert list(expected[:5]) == [1.0, 1.0, 1 + 4 * 2 ** -8, 1 + 2 * 2 ** -8, -2.5]
+    np.testing.assert_array_equal(widen(narrow(values, "bfloat16"), np.float32), expected)
+    assert narrow(values, "bfloat16").dtype == np.uint16
+    np.testing.assert_array_equal(wire_round(values, "exact"), values)
+    np.testing.assert_array_equal(wire_round(values[:5], "float16"), values[:5].astype(np.float16))
+    assert narrow(values, "float16") is values                 # 3e38 overflows half: sent exact

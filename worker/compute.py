@@ -6,6 +6,7 @@ import numpy as np
 from model.config import Config
 from model.params import ParamLayout
 from model.training import ChunkGradients, shape_sizes
+from model.wire import narrow, widen, wire_dtype_of
 from protocol import Message
 
 
@@ -19,10 +20,10 @@ class WorkerCompute:
 
     def compute(self, work: Message, grad_out: np.ndarray | None = None) -> Message:
         """grad_out: a (P,) buffer to write the gradient into, or None for a fresh one."""
-        arrays = work.arrays
-        result = self.gradients.compute(arrays["params"], work["step"], work["chunks"], arrays["inputs"],
-                                        arrays["targets"], arrays["h"], arrays["c"],
+        arrays, wire = work.arrays, wire_dtype_of(work["wire"])
+        result = self.gradients.compute(widen(arrays["params"], self.dtype), work["step"], work["chunks"],
+                                        arrays["inputs"], arrays["targets"], arrays["h"], arrays["c"],
                                         dropout=work["dropout"], seed=work["seed"], out=grad_out)
         return Message("push", {"token": work["token"], "step": work["step"], "chunks": work["chunks"],
                                 "loss": result.loss, "compute_s": result.compute_s},
-                       {"grad": result.grad, "h": result.h, "c": result.c})
+                       {"grad": narrow(result.grad, wire), "h": result.h, "c": result.c})
