@@ -219,8 +219,8 @@ def test_a_stalled_worker_s_groups_are_copied_and_the_bits_do_not_change(corpus,
     try:
         helpers.wait_for(lambda: helpers.last_step(save_dir) >= 5, 60, "step 5")
         pool[1].send_signal(signal.SIGSTOP)
-        stopped_at = helpers.last_step(save_dir)
-        helpers.wait_for(lambda: helpers.last_step(save_dir) >= stopped_at + 3, 30, "steps without it")
+        helpers.wait_for(lambda: sum(m.get("backups_won", 0) for m in helpers.metrics(save_dir)) >= 3, 30,
+                         "three steps carried by backup copies")
         pool[1].send_signal(signal.SIGCONT)
         assert coordinator.wait(120) == 0
     finally:
@@ -230,9 +230,10 @@ def test_a_stalled_worker_s_groups_are_copied_and_the_bits_do_not_change(corpus,
     assert all(m["workers"] == 2 for m in lines if "workers" in m)
     won = sum(m.get("backups_won", 0) for m in lines)
     assert won >= 3
+    carried = max(m["step_s"] for m in lines if m.get("backups_won"))
     steps_s = sorted(m["step_s"] for m in lines if "step_s" in m)
-    longest, usual = steps_s[-1], steps_s[len(steps_s) // 2]
+    usual = steps_s[len(steps_s) // 2]
     helpers.train(corpus, reference, "--steps", steps, "--workers", 2, "--hidden", "48")
     assert np.array_equal(helpers.params_of(save_dir), helpers.params_of(reference))
-    print(f"{won} backup copies won while one worker was stopped; longest step {longest:.3f}s "
+    print(f"{won} backup copies won while one worker was stopped; longest such step {carried:.3f}s "
           f"(median {usual:.3f}s, liveness 20s); bits equal the undisturbed run")
