@@ -1,0 +1,34 @@
+"""scripts/netbench.py without building a lab (that needs root and is not part of make test)."""
+import argparse
+
+import pytest
+
+import _netlab
+import netbench
+
+
+def test_without_root_it_says_so_in_one_line_and_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(_netlab.os, "geteuid", lambda: 1000)
+    assert netbench.main(["--network", "1gbit", "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "root" in err and "\n" not in err
+
+
+def test_rates_are_checked_before_anything_is_built(monkeypatch, capsys):
+    monkeypatch.setattr(_netlab.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(_netlab.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    assert netbench.main(["--network", "1gbit,fast", "--workers", "2"]) == 2
+    assert "'fast' is not a tc rate" in capsys.readouterr().err
+
+
+def test_configurations_put_the_slow_link_on_the_last_worker():
+    args = argparse.Namespace(network="none,1gbit", workers=[1, 2], slow="100mbit")
+    rows = netbench.configurations(args)
+    assert [label for label, _ in rows] == ["none x1", "none x2", "none x2, host 2 at 100mbit",
+                                            "1gbit x1", "1gbit x2", "1gbit x2, host 2 at 100mbit"]
+    assert rows[2][1] == ["none", "none", "100mbit"]
+
+
+@pytest.mark.parametrize("rate, burst", [("1gbit", "1250000b"), ("100mbit", "125000b"), ("1mbit", "65536b")])
+def test_the_token_bucket_holds_at_least_a_tick_of_traffic(rate, burst):
+    assert _netlab._burst(rate) == burst
