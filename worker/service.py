@@ -92,6 +92,7 @@ class Worker:
         socket = connect_dealer(self.context, self.endpoint, self.curve_client)
         handshakes = HandshakeWatch(socket) if self.curve_client else None
         token, welcomed, pending = None, False, []
+        self.received_at.clear()
         latest_step = -1        # work for an older step is obsolete: the coordinator has moved on
         last_heard = last_sent = time.monotonic()
 
@@ -115,8 +116,8 @@ class Worker:
                     os.read(self.wake_read, 4096)
                 for future in [f for f in pending if f.done()]:
                     pending.remove(future)
+                    received = self.received_at.pop(future, now)
                     if future.cancelled():
-                        self.received_at.pop(future, None)
                         continue
                     try:
                         push = future.result()
@@ -126,7 +127,7 @@ class Worker:
                     if push["token"] == token and push["step"] >= latest_step:   # else fenced or moot
                         transmit(push)
                         self.steps_done += 1
-                        self._trace(push, self.received_at.pop(future, now), now)
+                        self._trace(push, received, now)
                 while socket in ready and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     _, message, _ = receive(socket, False, self.compute.dims if self.compute else None,
                                             self.max_message_bytes, self.reject_log)
