@@ -39,25 +39,27 @@ def run_configuration(rates: list[str], args, model_flags: list[str]) -> dict:
         endpoint = f"tcp://{lab.address(0)}:{PORT}"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log = open(os.path.join(save_dir, "cluster.log"), "wb")
-        processes = [subprocess.Popen(
-            [*lab.exec_prefix(0), sys.executable, "-m", "coordinator", "--bind", endpoint,
-             "--corpus", args.corpus, "--save-dir", save_dir, "--steps", str(args.warmup + args.steps),
-             "--min-workers", str(workers), "--checkpoint-every", "100000", "--log-every", "0", "--fresh",
-             "--trace", os.path.join(save_dir, "coordinator.trace"), *model_flags],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT)]
-        before = lab.link_bytes(0)
-        for k in range(1, workers + 1):
-            processes.append(subprocess.Popen(
-                [*lab.exec_prefix(k), sys.executable, "-m", "worker", "--connect", endpoint,
-                 "--name", f"host{k}", "--trace", os.path.join(save_dir, f"worker{k}.trace")],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT))
+        processes, code = [], None
         try:
-            code = processes[0].wait(args.timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
+            processes.append(subprocess.Popen(
+                [*lab.exec_prefix(0), sys.executable, "-m", "coordinator", "--bind", endpoint,
+                 "--corpus", args.corpus, "--save-dir", save_dir, "--steps", str(args.warmup + args.steps),
+                 "--min-workers", str(workers), "--checkpoint-every", "100000", "--log-every", "0", "--fresh",
+                 "--trace", os.path.join(save_dir, "coordinator.trace"), *model_flags],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT))
+            before = lab.link_bytes(0)
+            for k in range(1, workers + 1):
+                processes.append(subprocess.Popen(
+                    [*lab.exec_prefix(k), sys.executable, "-m", "worker", "--connect", endpoint,
+                     "--name", f"host{k}", "--trace", os.path.join(save_dir, f"worker{k}.trace")],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT))
+            try:
+                code = processes[0].wait(args.timeout)
+            except subprocess.TimeoutExpired:
+                pass
             after = lab.link_bytes(0)
-            stop(processes)
+        finally:
+            stop(processes)           # before the lab goes, whatever interrupted us
             log.close()
         if code != 0:
             tail = open(os.path.join(save_dir, "cluster.log"), errors="replace").read()[-1500:]
@@ -166,7 +168,8 @@ def main(argv=None) -> int:
     if not os.path.exists(args.corpus):
         print(f"error: {args.corpus} not found; run scripts/fetch_data.py or pass --corpus", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, interrupted)
+    for signum in (signal.SIGTERM, signal.SIGINT):     # also where a shell left SIGINT ignored
+        signal.signal(signum, interrupted)
     results = {}
     try:
         for label, rates in rows:
