@@ -13,7 +13,7 @@ from model.run import Gathered
 from model.training import Contribution, TrainState, shape_sizes
 from model.wire import widen
 from protocol import HEARTBEAT_S, LIVENESS_S, Message
-from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_REFUSED_PUSHES, ProtocolError
+from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_REFUSED_PUSHES, ProtocolError, reference_of
 from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, log_line, peak_rss_mb,
                                 poll, receive, send)
 from .server import ParameterServer
@@ -23,10 +23,8 @@ MAX_MESSAGES_PER_WAKE = 64
 
 
 def reference_to(message: Message) -> dict:
-    """The fields of a `reject` that name the message it refuses (SPEC.md, section 4)."""
-    fields = message.fields
-    return {"cmd": message.cmd, "token": fields.get("token"), "step": fields.get("step"),
-            "chunks": list(fields.get("chunks", []))}
+    """The `refers_to` of a `reject` that refuses this decoded message (SPEC.md, section 4)."""
+    return reference_of({"cmd": message.cmd, **message.fields})
 
 
 class Coordinator:
@@ -148,17 +146,19 @@ class Coordinator:
         state = self.state
         self._send(token, Message("welcome", {
             "token": token, "config": state.config.to_dict(), "vocab": state.vocab,
-            "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s,
-            "names": list(state.layout.names), "shapes": [list(s) for s in state.layout.shapes]}))
+            "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s, **self._layout_fields()}))
         self.log(f"worker {name!r} registered (token {token}); {len(self.server.workers)} alive")
         self._dispatch(self.server.orphaned_work())
 
     def _model_message(self) -> Message:
         state = self.state
-        layout = state.layout
         return Message("model", {"step": state.step, "config": state.config.to_dict(), "vocab": state.vocab,
-                                 "names": list(layout.names), "shapes": [list(s) for s in layout.shapes]},
-                       {"params": state.params})
+                                 **self._layout_fields()}, {"params": state.params})
+
+    def _layout_fields(self) -> dict:
+        """How the flat parameter vector is cut (SPEC.md 4.1), for `welcome` and `model`."""
+        layout = self.state.layout
+        return {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes]}
 
     # receiving ------------------------------------------------------------------------------
     def _handle(self, identity: bytes, message: Message) -> None:
