@@ -17,6 +17,7 @@ from model.corpus import Corpus
 from model.training import Contribution, TrainState
 from model.wire import WIRE_TAGS, narrow
 from protocol import LIVENESS_S
+from .pieces import GradientPieces
 
 # Backup copies (SPEC.md 5.6): a group still out is copied to an idle worker when its owner
 # usually takes longer than the copy would (a slow host), or when it is LATE_FACTOR times past
@@ -107,6 +108,7 @@ class ParameterServer:
         self.sent_at: dict[tuple[int, int, tuple[int, ...]], float | None] = {}
         self.step_backups, self.total_backups = BackupCounts(), BackupCounts()
         self.wire_params: tuple[int, np.ndarray | None] = (-1, None)
+        self.gradient_pieces = GradientPieces(state.layout.pieces, state.params.dtype)
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
 
     # roster -------------------------------------------------------------------------------
@@ -129,6 +131,7 @@ class ParameterServer:
     def drop(self, token: int) -> list[WorkItem]:
         """Forgets a worker (dead or leaving); its unfinished groups go to live workers."""
         self.workers.pop(token, None)
+        self.gradient_pieces.forget(token)
         flight = self.in_flight
         if flight is None:
             return []
@@ -213,10 +216,14 @@ class ParameterServer:
     def work_arrays(self, item: WorkItem) -> dict[str, np.ndarray]:
         chunk_ids = list(item.group)
         inputs, targets = self.corpus.window(self.state.step_in_epoch, chunk_ids)
+        return {"h": self.state.chunk_h[:, chunk_ids], "c": self.state.chunk_c[:, chunk_ids],
+                "inputs": inputs, "targets": targets}
+
+    def param_pieces(self) -> list[np.ndarray]:
+        """The current parameters on the wire, piece by piece (SPEC.md 4.4), in sending order."""
         if self.wire_params[0] != self.state.step:      # narrowed once per step, sent to all
             self.wire_params = (self.state.step, narrow(self.state.params, self.state.config.wire_dtype))
-        return {"params": self.wire_params[1], "h": self.state.chunk_h[:, chunk_ids],
-                "c": self.state.chunk_c[:, chunk_ids], "inputs": inputs, "targets": targets}
+        return [self.wire_params[1][start:stop] for start, stop in self.gradient_pieces.pieces]
 
     def dispatched(self, item: WorkItem, now: float) -> None:
         self.sent_at[(item.token, item.step, item.group)] = now
@@ -234,6 +241,8 @@ class ParameterServer:
         if flight is not None and step == flight.step and group in flight.owner and token in flight.copies(group):
             if group in flight.received:
                 return "duplicate", None
+            if contribution.grad is None:
+                return "refused", "push before every piece of its gradient arrived (SPEC.md 4.4)"
             flight.received[group] = contribution
             flight.accepted_from[group] = token
             if flight.backup.get(group) == token:
@@ -249,6 +258,16 @@ class ParameterServer:
         if flight is not None and step == flight.step:
             return "refused", f"chunks {list(group)} are not assigned to this worker for step {step}"
         return "stale", f"step {step} is not the step in flight (next is {self.state.step})"
+
+    def accept_piece(self, token: int, step: int, group: tuple[int, ...], piece: int, array: np.ndarray) -> bool:
+        """Keeps a gradient piece of work that `token` holds in the step in flight and has not
+        been taken yet; False (dropped: its push will be answered) otherwise."""
+        flight = self.in_flight
+        if (token not in self.workers or flight is None or step != flight.step or group not in flight.owner
+                or token not in flight.copies(group) or group in flight.received):
+            return False
+        self.gradient_pieces.keep(token, step, group, piece, array)
+        return True
 
     def backup_work(self, now: float) -> list[WorkItem]:
         """Copies of late groups of the step in flight for idle workers (SPEC.md 5.6)."""

@@ -11,7 +11,6 @@ import zmq
 from model.corpus import Corpus
 from model.run import Gathered
 from model.training import Contribution, TrainState, shape_sizes
-from model.wire import widen
 from protocol import HEARTBEAT_S, LIVENESS_S, Message
 from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_REFUSED_PUSHES, ProtocolError, reference_of
 from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, log_line, peak_rss_mb,
@@ -134,8 +133,12 @@ class Coordinator:
     def _dispatch(self, items) -> None:
         for item in items:
             self.server.dispatched(item, time.monotonic())
-            self._send(item.token, Message("work", self.server.work_fields(item),
-                                           self.server.work_arrays(item)), sends_params=True)
+            fields = self.server.work_fields(item)
+            self._send(item.token, Message("work", fields, self.server.work_arrays(item)))
+            names = {"token": item.token, "step": item.step, "chunks": fields["chunks"]}
+            for piece, params in enumerate(self.server.param_pieces()):     # SPEC.md 4.4
+                self._send(item.token, Message("params", {**names, "piece": piece}, {"params": params}),
+                           sends_params=True)
 
     def _reject(self, identity: bytes, reason: str, reregister: bool, reference: dict) -> None:
         send(self.socket, Message("reject", {"reason": reason, "reregister": reregister,
@@ -146,7 +149,8 @@ class Coordinator:
         state = self.state
         self._send(token, Message("welcome", {
             "token": token, "config": state.config.to_dict(), "vocab": state.vocab,
-            "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s, **self._layout_fields()}))
+            "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s, **self._layout_fields(),
+            "pieces": self.dims["pieces"]}))
         self.log(f"worker {name!r} registered (token {token}); {len(self.server.workers)} alive")
         self._dispatch(self.server.orphaned_work())
 
@@ -167,17 +171,20 @@ class Coordinator:
             self._welcome(identity, message["name"])
         elif cmd == "pull":
             self._send(identity, self._model_message(), sends_params=True)
-        elif cmd in ("heartbeat", "push", "bye"):
+        elif cmd in ("heartbeat", "grad", "push", "bye"):
             token = message["token"]
             worker = self.server.workers.get(token)
             if worker is None or worker.identity != identity:     # a token is bound to its socket
                 self.reject_log(f"refused {cmd} with unknown or stale token {token}")
-                if cmd != "bye":
+                if cmd in ("heartbeat", "push"):       # a push answers for its pieces
                     self._reject(identity, "unknown or expired token; register again", True,
                                  reference_to(message))
                 return
             self.server.heard_from(token, time.monotonic())
-            if cmd == "push":
+            if cmd == "grad":
+                self.server.accept_piece(token, message["step"], tuple(message["chunks"]), message["piece"],
+                                         message.arrays["grad"])
+            elif cmd == "push":
                 self._handle_push(token, message)
             elif cmd == "bye":
                 self.log(f"worker {worker.name!r} left")
@@ -187,7 +194,7 @@ class Coordinator:
 
     def _handle_push(self, token: int, message: Message) -> None:
         group = tuple(message["chunks"])
-        contribution = Contribution(message["loss"], widen(message.arrays["grad"], self.state.params.dtype),
+        contribution = Contribution(message["loss"], self.server.gradient_pieces.take(token, message["step"], group),
                                     message.arrays["h"], message.arrays["c"], message["compute_s"])
         status, reason = self.server.accept_push(token, message["step"], group, contribution,
                                                  time.monotonic())
@@ -199,10 +206,12 @@ class Coordinator:
             self._refuse(token, reason, reference_to(message), counts=status == "refused")
 
     def _refuse_invalid(self, identity: bytes, error: ProtocolError) -> None:
-        """A message that did not decode, from a registered socket: answered if it may be a push."""
+        """A message that did not decode, from a registered socket: answered if it may be a push
+        or a piece of one (which does not count: its push will be refused)."""
         worker = next((w for w in self.server.workers.values() if w.identity == identity), None)
-        if worker is not None and error.reference["cmd"] in ("push", ""):
-            self._refuse(worker.token, f"invalid message: {error}", error.reference, counts=True)
+        if worker is not None and error.reference["cmd"] in ("push", "grad", ""):
+            self._refuse(worker.token, f"invalid message: {error}", error.reference,
+                         counts=error.reference["cmd"] != "grad")
 
     def _refuse(self, token: int, reason: str, reference: dict, counts: bool) -> None:
         worker = self.server.workers[token]

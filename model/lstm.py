@@ -119,16 +119,20 @@ def _layer_output(cache: LayerCache, masks, layer: int) -> np.ndarray:
 
 
 def forward(params: dict, inputs: np.ndarray, h0: np.ndarray, c0: np.ndarray, masks=None,
-            blocked: bool = False):
+            blocked: bool = False, await_layer=None):
     """inputs (B, T) int; h0, c0 (L, B, H); masks None or (L, T, B, H) dropout multipliers;
-    blocked: the recurrent products in column blocks (Config.recurrent_form).
+    blocked: the recurrent products in column blocks (Config.recurrent_form); await_layer(l),
+    when given, returns once layer l's parameters (for the top layer, the head's too) are in
+    `params`: they may still be arriving while lower layers compute.
     Returns logits (T, B, V) and the layer caches."""
-    _check_inputs(params, inputs, h0, c0)
+    _check_inputs(params, inputs, h0, c0)       # shapes only: no value of params is read
     layers = h0.shape[0]
     B, T = inputs.shape
     caches = []
     below = None
     for layer in range(layers):
+        if await_layer is not None:
+            await_layer(layer)
         W_x, W_h, b = (params[f"lstm{layer}.{n}"] for n in ("W_x", "W_h", "b"))
         if layer == 0:
             Z = W_x[inputs.T]                                        # (T, B, 4H) one-hot @ W_x
@@ -166,13 +170,16 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray):
 
 
 def loss_and_grad(params: dict, grads: dict, inputs: np.ndarray, targets: np.ndarray,
-                  h0: np.ndarray, c0: np.ndarray, masks=None, blocked: bool = False):
+                  h0: np.ndarray, c0: np.ndarray, masks=None, blocked: bool = False,
+                  await_layer=None, layer_done=None):
     """Summed loss over all B*T predictions and its gradient, written into `grads` (views
     shaped like params). masks: None or (L, T, B, H) dropout multipliers on each layer's
-    output; blocked as in forward. Returns (loss_sum, h_T, c_T, dh_0, dc_0)."""
+    output; blocked and await_layer as in forward; layer_done(l), when given, is called as
+    soon as layer l's gradient (for the top layer, the head's too) is final, top layer first.
+    Returns (loss_sum, h_T, c_T, dh_0, dc_0)."""
     if targets.shape != inputs.shape:
         raise ValueError(f"targets {targets.shape} and inputs {inputs.shape} differ in shape")
-    logits, caches = forward(params, inputs, h0, c0, masks, blocked)
+    logits, caches = forward(params, inputs, h0, c0, masks, blocked, await_layer)
     loss_sum, dlogits = cross_entropy(logits, targets)
     T, B, V = dlogits.shape
     layers, _, H = h0.shape
@@ -201,6 +208,8 @@ def loss_and_grad(params: dict, grads: dict, inputs: np.ndarray, targets: np.nda
             dH = (dZ_flat @ W_x.T).reshape(T, B, H)
             if masks is not None:
                 dH *= masks[layer - 1]
+        if layer_done is not None:
+            layer_done(layer)
     h_last, c_last = final_state(caches)
     return loss_sum, h_last, c_last, dh0, dc0
 

@@ -35,6 +35,18 @@ class ParamLayout:
     def total(self) -> int:
         return sum(self.sizes)
 
+    @property
+    def pieces(self) -> list[tuple[int, int]]:
+        """(start, stop) of each layer's parameters in the flat vector, the head's in the last
+        layer's piece: the unit in which parameters stream out (a layer can start computing
+        once its piece is in) and gradients stream back (backward finishes the top one first)."""
+        starts = [offset for name, offset in zip(self.names, self.offsets) if name.endswith(".W_x")]
+        return list(zip(starts, starts[1:] + [self.total]))
+
+    @property
+    def offsets(self) -> list[int]:
+        return [sum(self.sizes[:k]) for k in range(len(self.names))]
+
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         if flat.shape != (self.total,):
             raise ValueError(f"flat parameter vector has shape {flat.shape}, expected ({self.total},)")

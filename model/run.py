@@ -78,7 +78,7 @@ class InProcessSource:
         contribution = self.gradients.compute(wire_round(state.params, wire), state.step, self.all_chunks,
                                               inputs, targets, state.chunk_h, state.chunk_c,
                                               dropout=state.config.dropout, seed=state.config.seed)
-        contribution.grad = wire_round(contribution.grad, wire)
+        contribution.grad = wire_round(contribution.grad, wire, state.layout.pieces)
         return Gathered({self.all_chunks: contribution}, {"workers": 0})
 
     def params_out(self, state: TrainState) -> np.ndarray:

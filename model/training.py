@@ -74,7 +74,7 @@ def shape_sizes(config: Config, layout: ParamLayout) -> dict:
     """The sizes behind the wire protocol's shape symbols (protocol/SPEC.md, section 4) for a
     run, and its float dtype: what coordinator and workers check every array against."""
     sizes = {"P": layout.total, "L": config.layers, "H": config.hidden, "T": config.seq_len,
-             "float": np.dtype(config.dtype).str}
+             "pieces": [stop - start for start, stop in layout.pieces], "float": np.dtype(config.dtype).str}
     if WIRE_TAGS[config.wire_dtype]:
         sizes["wire"] = WIRE_TAGS[config.wire_dtype]
     return sizes
@@ -119,10 +119,12 @@ class ChunkGradients:
         self.blocked = resolve_form(config.recurrent_form) == "blocks"
 
     def compute(self, params: np.ndarray, step: int, chunk_ids, inputs, targets, h0, c0, *,
-                dropout: float, seed: int, out: np.ndarray | None = None) -> Contribution:
+                dropout: float, seed: int, out: np.ndarray | None = None, await_layer=None,
+                layer_done=None) -> Contribution:
         """inputs/targets (B, T) of the chunks chunk_ids at a step, states (L, B, H); dropout
         and seed determine the masks. Every element of the gradient is written, into out
-        when given."""
+        when given. await_layer and layer_done stream parameters in and gradients out, layer
+        by layer (lstm.loss_and_grad); compute_s includes any time spent in them."""
         started = time.perf_counter()
         grad = np.empty(self.layout.total, dtype=self.dtype) if out is None else out
         config = self.config
@@ -130,5 +132,5 @@ class ChunkGradients:
                               self.dtype)
         loss_sum, h_last, c_last, _, _ = lstm.loss_and_grad(
             self.layout.views(params), self.layout.views(grad), inputs, targets, h0, c0, masks,
-            self.blocked)
+            self.blocked, await_layer, layer_done)
         return Contribution(loss_sum, grad, h_last, c_last, time.perf_counter() - started)

@@ -40,6 +40,12 @@ def widen(array: np.ndarray, dtype) -> np.ndarray:
     return array if array.dtype == dtype else array.astype(dtype)
 
 
-def wire_round(array: np.ndarray, wire_dtype: str) -> np.ndarray:
-    """What the array becomes after a trip over the wire."""
-    return array if wire_dtype == "exact" else widen(narrow(array, wire_dtype), array.dtype)
+def wire_round(array: np.ndarray, wire_dtype: str, pieces=None) -> np.ndarray:
+    """What the array becomes after a trip over the wire; pieces: the (start, stop) ranges it
+    travels in when each is narrowed on its own (a float16 piece that would overflow goes
+    unnarrowed, the others not)."""
+    if wire_dtype == "exact":
+        return array
+    if pieces is None:
+        return widen(narrow(array, wire_dtype), array.dtype)
+    return np.concatenate([wire_round(array[start:stop], wire_dtype) for start, stop in pieces])

@@ -1,4 +1,4 @@
-"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/2 (SPEC.md, sections 3-4)."""
+"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/3 (SPEC.md, sections 3-4)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-SIGNATURE = b"CLSTM/2"
+SIGNATURE = b"CLSTM/3"
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 16
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -35,8 +35,8 @@ class ProtocolError(ValueError):
 
 
 # Field kinds.
-INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, STRS, SHAPES, REFERENCE, WIRE = (
-    "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "strs", "shapes",
+INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, SIZES, STRS, SHAPES, REFERENCE, WIRE = (
+    "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "sizes", "strs", "shapes",
     "reference", "wire")
 
 # cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
@@ -44,14 +44,16 @@ STATE = ("L", "B", "H")
 SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]] = {
     "register": ({"name": NAME}, {}),
     "heartbeat": ({"token": INT}, {}),
+    "grad": ({"token": INT, "step": INT, "chunks": CHUNKS, "piece": INT}, {"grad": ("wire", ("piece",))}),
     "push": ({"token": INT, "step": INT, "chunks": CHUNKS, "loss": FLOAT, "compute_s": FLOAT},
-             {"grad": ("wire", ("P",)), "h": ("float", STATE), "c": ("float", STATE)}),
+             {"h": ("float", STATE), "c": ("float", STATE)}),
     "bye": ({"token": INT}, {}),
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
-                 "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES}, {}),
+                 "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES, "pieces": SIZES}, {}),
     "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE},
-             {"params": ("wire", ("P",)), "h": ("float", STATE), "c": ("float", STATE),
+             {"h": ("float", STATE), "c": ("float", STATE),
               "inputs": ("index", ("B", "T")), "targets": ("index", ("B", "T"))}),
+    "params": ({"token": INT, "step": INT, "chunks": CHUNKS, "piece": INT}, {"params": ("wire", ("piece",))}),
     "ack": ({"step": INT, "chunks": INTS, "status": STR}, {}),
     "reject": ({"reason": STR, "reregister": BOOL, "refers_to": REFERENCE}, {}),
     "stop": ({"reason": STR}, {}),
@@ -103,6 +105,7 @@ def _check_field(cmd: str, name: str, kind: str, value) -> None:
         BOOL: lambda v: isinstance(v, bool),
         MAP: lambda v: isinstance(v, dict),
         INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+        SIZES: lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_int(x) and x >= 1 for x in v),
         CHUNKS: lambda v: (isinstance(v, list) and len(v) >= 1 and all(_is_int(x) for x in v)
                            and all(a < b for a, b in zip(v, v[1:]))),
         STRS: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
@@ -152,6 +155,11 @@ def _check_array(cmd: str, name: str, array: np.ndarray, fields: dict, dims: dic
     known = dict(dims or {})
     if "chunks" in fields:
         known["B"] = len(fields["chunks"])
+    if "piece" in fields and "pieces" in known:
+        if fields["piece"] >= len(known["pieces"]):
+            raise ProtocolError(f"{cmd}: piece {fields['piece']} does not exist; this run has "
+                                f"{len(known['pieces'])} pieces")
+        known["piece"] = known["pieces"][fields["piece"]]
     for axis, symbol in enumerate(symbols):
         if symbol in known and array.shape[axis] != known[symbol]:
             raise ProtocolError(f"{cmd}: array {name!r} has shape {array.shape}, axis {axis} "
@@ -210,9 +218,9 @@ def decode(frames, dims: dict | None = None,
            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
     """Frames (bytes-like, without the ROUTER identity) -> Message, or ProtocolError.
 
-    dims, when given, maps shape symbols (P, L, H, T), "float" (the run's float dtype) and
-    "wire" (the narrow dtype `params` and `grad` may travel in, if any) to what this receiver
-    expects."""
+    dims, when given, maps shape symbols (P, L, H, T), "pieces" (the sizes of the parameter
+    vector's pieces, SPEC.md 4.4), "float" (the run's float dtype) and "wire" (the narrow
+    dtype `params` and `grad` may travel in, if any) to what this receiver expects."""
     frames = list(frames)
     if len(frames) < 2:
         raise ProtocolError(f"a message needs at least 2 frames, got {len(frames)}")

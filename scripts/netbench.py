@@ -5,9 +5,9 @@ namespace, every link shaped, the default model trained for a few steps per conf
     sudo .venv/bin/python scripts/netbench.py --network none --workers 1,2 --slow 100mbit
 
 Reports, per configuration, chars/s and the phases of a step along its critical path (the
-group whose result came last): parameters out (work sent -> arrived), queued (behind other
-work on that worker), compute, gradients in
-(result ready -> received), update (the optimizer), idle (the rest); the bytes per step on the
+group whose result came last): parameters out (work sent -> arrived, plus the time computing
+waited for parameter pieces still on the way), queued (behind other work on that worker),
+compute, gradients in (last piece and push ready -> received), update (the optimizer), idle (the rest); the bytes per step on the
 coordinator's link; backup copies; and a digest of the final parameters, so that runs that
 must agree bit for bit can be seen to. Root is needed (network namespaces); the lab is torn
 down on every exit, Ctrl-C included."""
@@ -108,8 +108,9 @@ def phases(save_dir: str, warmup: int) -> dict:
         if line is None or step["step"] < warmup or not arrived:
             continue
         last = max(arrived, key=lambda r: r["computed"])
-        row = {"step_s": line["step_s"], "out_s": last["received"] - step["dispatched"],
-               "queued_s": last["computed"] - last["compute_s"] - last["received"],
+        # out: until the work arrived, plus what computing then waited for parameter pieces
+        row = {"step_s": line["step_s"], "out_s": last["received"] - step["dispatched"] + last["waited_s"],
+               "queued_s": last["computed"] - last["compute_s"] - last["waited_s"] - last["received"],
                "compute_s": last["compute_s"], "in_s": step["gathered"] - last["computed"],
                "update_s": line["update_s"], "chars_per_s": line["chars_per_s"],
                "backups_won": line.get("backups_won", 0), "backups_wasted": line.get("backups_wasted", 0)}

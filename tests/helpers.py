@@ -143,7 +143,7 @@ def start_cluster(corpus, save_dir, steps, workers, *extra):
 
 
 class Peer:
-    """A hand-driven DEALER that speaks CLSTM/2 through protocol/ only: a minimal worker or
+    """A hand-driven DEALER that speaks CLSTM/3 through protocol/ only: a minimal worker or
     client, for conformance, duplicates and hostile input."""
 
     def __init__(self, endpoint):
@@ -152,6 +152,7 @@ class Peer:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
+        self.pieces: list[int] = []     # from the welcome
 
     def send(self, message_or_frames):
         frames = encode(message_or_frames) if isinstance(message_or_frames, Message) else message_or_frames
@@ -168,8 +169,22 @@ class Peer:
                     continue
                 if message.cmd != cmd:
                     raise AssertionError(f"expected {cmd}, got {message.cmd}: {message.fields}")
+                if cmd == "welcome":
+                    self.pieces = message["pieces"]
                 return message
         raise AssertionError(f"no {cmd} within {timeout}s")
+
+    def expect_work(self, skip=("heartbeat",)) -> tuple[Message, list[Message]]:
+        """A `work` and the `params` pieces that follow it (SPEC.md 4.4)."""
+        work = self.expect("work", skip=skip)
+        pieces = []
+        while True:
+            piece = self.expect("params", skip=skip)
+            assert [piece[k] for k in ("token", "step", "chunks")] == [work[k] for k in ("token", "step", "chunks")]
+            assert piece["piece"] == len(pieces), "pieces come in ascending order"
+            pieces.append(piece)
+            if len(pieces) == len(self.pieces):
+                return work, pieces
 
     def quiet_for(self, seconds, skip=("heartbeat",)) -> bool:
         """True if nothing but `skip` arrives for `seconds` (proving an absence takes a wait)."""
@@ -185,13 +200,29 @@ class Peer:
         self.context.term()
 
 
-# malformed CLSTM/2 frame sets, shared by the decode and live fuzz tests
+# malformed CLSTM/3 frame sets, shared by the decode and live fuzz tests
+
+def computed(computer, work: Message, pieces: list[Message]) -> list[Message]:
+    """What the project's worker answers to a work and its pieces: `grad` pieces, then `push`."""
+    incoming, out = computer.incoming(), []
+    for piece in pieces:
+        assert incoming.put(piece["piece"], piece.arrays["params"]) is None
+    computer.compute(work, incoming, out.append)
+    return out
+
 
 def valid_push(dims: dict, token: int = 7, step: int = 0, chunks=(0,)) -> list[bytes]:
+    """A push (zero states) whose gradient was never sent: refused if it would be accepted."""
     b, dtype = len(chunks), dims.get("float", "<f4")
     message = Message("push", {"token": token, "step": step, "chunks": list(chunks), "loss": 1.0, "compute_s": 0.1},
-                      {"grad": np.zeros(dims["P"], dtype), "h": np.zeros((dims["L"], b, dims["H"]), dtype),
-                       "c": np.zeros((dims["L"], b, dims["H"]), dtype)})
+                      {"h": np.zeros((dims["L"], b, dims["H"]), dtype), "c": np.zeros((dims["L"], b, dims["H"]), dtype)})
+    return [bytes(f) for f in encode(message)]
+
+
+def valid_grad(dims: dict, token: int = 7, step: int = 0, chunks=(0,)) -> list[bytes]:
+    """Piece 0 of a (zero) gradient."""
+    message = Message("grad", {"token": token, "step": step, "chunks": list(chunks), "piece": 0},
+                      {"grad": np.zeros(dims["pieces"][0], dims.get("float", "<f4"))})
     return [bytes(f) for f in encode(message)]
 
 
@@ -210,7 +241,7 @@ def malformed(rng: random.Random, good: list[bytes], dims: dict) -> list[bytes]:
         k = rng.randrange(2, len(frames))
         frames[k] = frames[k][:rng.randrange(len(frames[k]))]
     elif kind == 3:                                      # wrong protocol version
-        frames[0] = rng.choice([b"CLSTM/1", b"", b"HTTP/1.1", b"CLSTM/2 "])
+        frames[0] = rng.choice([b"CLSTM/1", b"CLSTM/2", b"", b"HTTP/1.1", b"CLSTM/3 "])
     elif kind == 4:                                      # wrong types / unknown command / extra field
         header = {"cmd": rng.choice(["push", "launch", "exec", 3, None]), "arrays": [],
                   "token": rng.choice([-1, "t", None, 2 ** 64 - 1, 1.5, [1]]), "extra": rng.random()}
@@ -221,7 +252,7 @@ def malformed(rng: random.Random, good: list[bytes], dims: dict) -> list[bytes]:
                   "arrays": [["grad", "<f4", shape], ["h", "<f4", [1]], ["c", "<f4", [1]]]}
         frames = [SIGNATURE, msgpack.packb(header), b"\0" * 4, b"\0" * 4, b"\0" * 4]
     elif kind == 6:                                      # NaN / Inf gradients
-        grad = np.zeros(dims["P"], dims.get("float", "<f4"))
+        grad = np.zeros(dims["pieces"][0], dims.get("float", "<f4"))
         grad[rng.randrange(grad.size)] = rng.choice([np.nan, np.inf, -np.inf])
         frames[2] = grad.tobytes()
     else:                                                # oversized msgpack header

@@ -24,13 +24,25 @@ def spec_layout(layers: int, hidden: int, vocab: int) -> list[tuple[str, list[in
 
 
 def zero_push(work: Message, dtype=None, **fields) -> Message:
-    """A push of a zero gradient and the states it was given: valid, whatever the model."""
-    dtype = dtype or work.arrays["params"].dtype
-    arrays = {"grad": np.zeros(work.arrays["params"].size, dtype),
-              "h": work.arrays["h"].astype(dtype), "c": work.arrays["c"].astype(dtype)}
+    """A push of the states it was given: valid, whatever the model."""
+    dtype = dtype or work.arrays["h"].dtype
+    arrays = {"h": work.arrays["h"].astype(dtype), "c": work.arrays["c"].astype(dtype)}
     header = {"token": work["token"], "step": work["step"], "chunks": work["chunks"], "loss": 0,
               "compute_s": 0.0, **fields}
     return Message("push", header, arrays)
+
+
+def zero_gradient(work: Message, pieces: list[Message], dtype=None) -> list[Message]:
+    """A zero gradient, one `grad` per piece, top piece first as the project's worker sends them."""
+    names = {k: work[k] for k in ("token", "step", "chunks")}
+    return [Message("grad", {**names, "piece": p["piece"]},
+                    {"grad": np.zeros(p.arrays["params"].size, dtype or p.arrays["params"].dtype)})
+            for p in reversed(pieces)]
+
+
+def answer(peer: Peer, work: Message, pieces: list[Message]) -> None:
+    for message in zero_gradient(work, pieces) + [zero_push(work)]:
+        peer.send(message)
 
 
 def unchecked(message: Message, order=None) -> list[bytes]:
@@ -72,12 +84,17 @@ def test_a_worker_written_from_the_spec_trains_a_run(coordinator):
     expected = spec_layout(config["layers"], config["hidden"], len(welcome["vocab"]))
     assert list(zip(welcome["names"], welcome["shapes"])) == expected
     size = sum(math.prod(shape) for _, shape in expected)
+    # SPEC 4.4: one piece per layer, the head in the top one
+    layer_sizes = [sum(math.prod(shape) for name, shape in expected if name.startswith(f"lstm{layer}."))
+                   for layer in range(config["layers"])]
+    assert welcome["pieces"] == layer_sizes[:-1] + [size - sum(layer_sizes[:-1])]
     for step in range(2):
-        work = worker.expect("work")
+        work, pieces = worker.expect_work()
         assert (work["step"], work["dropout"], work["seed"]) == (step, 0.25, 5)
-        assert list(work.arrays) == ["params", "h", "c", "inputs", "targets"]
-        assert work.arrays["params"].size == size and work.arrays["params"].dtype == np.float64
-        worker.send(zero_push(work))                       # loss sent as an int: a float field may be
+        assert list(work.arrays) == ["h", "c", "inputs", "targets"]
+        assert [p.arrays["params"].size for p in pieces] == welcome["pieces"]
+        assert all(p.arrays["params"].dtype == np.float64 for p in pieces)
+        answer(worker, work, pieces)                       # loss sent as an int: a float field may be
         assert worker.expect("ack")["status"] == "accepted"
     assert "training finished" in worker.expect("stop")["reason"]
     assert process.wait(30) == 0
@@ -88,16 +105,19 @@ def test_refused_pushes_are_answered_with_a_reference_and_three_drop_the_worker(
     process, endpoint, save_dir, peer = coordinator
     broken = peer()
     token = register(broken)["token"]
-    work = broken.expect("work")
+    work, pieces = broken.expect_work()
     reference = {"cmd": "push", "token": token, "step": 0, "chunks": work["chunks"]}
     sent = time.monotonic()
+    broken.send(zero_gradient(work, pieces, np.float32)[0])     # answered; its push will count
+    refused = broken.expect("reject")
+    assert refused["refers_to"] == dict(reference, cmd="grad") and "<f4" in refused["reason"]
     broken.send(zero_push(work, dtype=np.float32))         # the run is float64
     refused = broken.expect("reject")
     assert refused["refers_to"] == reference and not refused["reregister"]
     assert "<f4" in refused["reason"] and "<f8" in refused["reason"]
     broken.send(unchecked(zero_push(work, step=-1)))        # SPEC 5.3: answered, not dropped
     assert broken.expect("reject")["refers_to"] == dict(reference, step=None)
-    broken.send(unchecked(zero_push(work), order=["h", "grad", "c"]))
+    broken.send(unchecked(zero_push(work), order=["c", "h"]))
     assert "out of order" in broken.expect("reject")["reason"]
     stop = broken.expect("stop")
     waited = time.monotonic() - sent
@@ -115,7 +135,7 @@ def test_only_valid_messages_with_the_current_token_are_signs_of_life(coordinato
     _, _, save_dir, peer = coordinator
     idler = peer()
     token = register(idler)["token"]
-    idler.expect("work")
+    idler.expect_work()
     deadline = time.monotonic() + 20
     while "declared dead" not in open(os.path.join(save_dir, "coordinator.log")).read():
         assert time.monotonic() < deadline, "a peer sending only pulls and bad heartbeats stayed alive"
@@ -130,7 +150,7 @@ def test_bye_is_never_answered_and_a_stranger_s_bye_is_not_invited_back(coordina
     _, _, _, peer = coordinator
     leaving = peer()
     token = register(leaving)["token"]
-    leaving.expect("work")
+    leaving.expect_work()
     leaving.send(Message("bye", {"token": token + 1}))
     leaving.send(Message("bye", {"token": token}))
     assert leaving.quiet_for(0.5)
@@ -142,11 +162,15 @@ def test_a_token_is_bound_to_the_socket_that_registered_it(coordinator):
     _, _, _, peer = coordinator
     owner, thief = peer(), peer()
     token = register(owner)["token"]
-    work = owner.expect("work")
+    work, pieces = owner.expect_work()
+    for message in zero_gradient(work, pieces):
+        thief.send(message)                                 # dropped: not the thief's token
     thief.send(zero_push(work))
     refused = thief.expect("reject")
     assert refused["reregister"] is True and refused["refers_to"]["token"] == token
-    owner.send(zero_push(work))
+    owner.send(zero_push(work))                             # its own pieces never came: refused
+    assert "every piece of its gradient" in owner.expect("reject")["reason"]
+    answer(owner, work, pieces)
     assert owner.expect("ack")["status"] == "accepted"
 
 
@@ -155,6 +179,7 @@ def test_a_worker_re_registers_only_for_a_reject_naming_its_current_token(tmp_pa
     import zmq
     from protocol import decode
     from model.config import Config
+    from model.params import ParamLayout
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
@@ -177,8 +202,9 @@ def test_a_worker_re_registers_only_for_a_reject_naming_its_current_token(tmp_pa
         identity, message = next_command()
         assert message.cmd == "register"
         config = Config(layers=1, hidden=4, chunks=2, seq_len=5).to_dict()
+        pieces = [stop - start for start, stop in ParamLayout.for_model(2, 1, 4).pieces]
         answer(identity, Message("welcome", {"token": 7, "config": config, "vocab": "ab", "heartbeat_s": 0.2,
-                                             "liveness_s": 5.0, "names": [], "shapes": []}))
+                                             "liveness_s": 5.0, "names": [], "shapes": [], "pieces": pieces}))
         old = {"cmd": "push", "token": 6, "step": 3, "chunks": [0]}
         answer(identity, Message("reject", {"reason": "stale", "reregister": True, "refers_to": old}))
         assert next_command(1.0) == (None, None), "a reject about an older token made it register"

@@ -12,7 +12,7 @@ import pytest
 
 from protocol import Message, encode
 import helpers
-from helpers import malformed, valid_push
+from helpers import computed, malformed, valid_grad, valid_push
 from helpers import relative, start_cluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -77,13 +77,13 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
         fake, stranger = helpers.Peer(endpoint), helpers.Peer(endpoint)
         fake.send(encode(Message("register", {"name": "fake"})))
         welcome = fake.expect("welcome")
-        work = fake.expect("work")
+        work, pieces = fake.expect_work()
         from worker.compute import WorkerCompute
         computer = WorkerCompute(welcome["config"], welcome["vocab"])
         dims = computer.dims
         rss_before = rss_kb(coordinator.pid)
         rng = random.Random(99)
-        good = valid_push(dims, welcome["token"], 0, work["chunks"])
+        good = valid_grad(dims, welcome["token"], 0, work["chunks"])
         sent = 0
         for _ in range(10_000):         # from a socket that never registered: dropped unanswered
             stranger.send(malformed(rng, good, dims))
@@ -91,18 +91,20 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
         # pushes for chunks this worker does not own, and for an old step: refused, state unchanged
         fake.send(valid_push(dims, welcome["token"], 0, [99]))
         fake.send(valid_push(dims, welcome["token"], 99, work["chunks"]))
-        push = [bytes(f) for f in encode(computer.compute(work))]
-        fake.send(push)
+        answer = [[bytes(f) for f in encode(message)] for message in computed(computer, work, pieces)]
+        push = answer[-1]
+        for message in answer:
+            fake.send(message)
         assert fake.expect("reject")["refers_to"] == {"cmd": "push", "token": welcome["token"], "step": 0,
                                                       "chunks": [99]}
         assert fake.expect("reject")["refers_to"]["step"] == 99
         assert fake.expect("ack")["status"] == "accepted"
         fake.send(push)                                    # delivered twice: same answer, no change
-        assert fake.expect("ack", skip=("heartbeat", "work"))["status"] == "duplicate"
+        assert fake.expect("ack", skip=("heartbeat", "work", "params"))["status"] == "duplicate"
         rss_after = rss_kb(coordinator.pid)
         fake.send(encode(Message("bye", {"token": welcome["token"]})))
         fake.send(push)                                    # late words with a revoked token: fenced
-        assert fake.expect("reject", skip=("heartbeat", "work"))["reregister"] is True
+        assert fake.expect("reject", skip=("heartbeat", "work", "params"))["reregister"] is True
         assert not stranger.socket.poll(0), "an unregistered socket's garbage is never answered"
         pool = [helpers.spawn("worker", "--connect", endpoint) for _ in range(2)]
         assert coordinator.wait(120) == 0

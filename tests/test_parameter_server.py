@@ -18,11 +18,28 @@ def setup(chunks=5):
     return corpus, config, ParameterServer(new_state(config, corpus), corpus, liveness_s=5.0)
 
 
+def worker_answer(server, item, computer, grad_out=None, **changes) -> list[Message]:
+    """The work and parameter pieces the server sends for item, computed: `grad`s, then `push`."""
+    work = Message("work", {**server.work_fields(item), **changes}, server.work_arrays(item))
+    incoming, out = computer.incoming(), []
+    for piece, params in enumerate(server.param_pieces()):
+        assert incoming.put(piece, params) is None
+    computer.compute(work, incoming, out.append, grad_out)
+    return out
+
+
+def whole_gradient(messages) -> np.ndarray:
+    pieces = sorted((m for m in messages if m.cmd == "grad"), key=lambda m: m["piece"])
+    return np.concatenate([m.arrays["grad"] for m in pieces])
+
+
 def compute_push(server, item, computer):
-    arrays = server.work_arrays(item)
-    work = Message("work", server.work_fields(item), arrays)
-    push = computer.compute(work)
-    return Contribution(push["loss"], push.arrays["grad"], push.arrays["h"], push.arrays["c"], 0.0)
+    """What the coordinator makes of a worker's answer: the pieces kept, the push's contribution."""
+    *pieces, push = worker_answer(server, item, computer)
+    for piece in pieces:        # kept only if item is still that token's work in flight
+        server.accept_piece(item.token, item.step, item.group, piece["piece"], piece.arrays["grad"])
+    grad = server.gradient_pieces.take(item.token, item.step, item.group)
+    return Contribution(push["loss"], grad, push.arrays["h"], push.arrays["c"], 0.0)
 
 
 def test_partition_is_even_and_contiguous():
@@ -135,13 +152,12 @@ def test_a_reused_gradient_buffer_gives_the_same_push_as_a_fresh_one():
     computer = WorkerCompute(config.to_dict(), corpus.vocab)
     server.register(b"w", "w", 0.0)
     item = server.start_step()[0]
-    arrays = server.work_arrays(item)
-    work = Message("work", server.work_fields(item), arrays)
-    fresh = computer.compute(work)
+    fresh = worker_answer(server, item, computer)
     stale = np.full(computer.layout.total, np.nan)           # every element must be overwritten
-    reused = computer.compute(work, stale)
-    assert reused.arrays["grad"] is stale
-    np.testing.assert_array_equal(reused.arrays["grad"], fresh.arrays["grad"])
+    reused = worker_answer(server, item, computer, stale)
+    assert all(np.shares_memory(m.arrays["grad"], stale) for m in reused if m.cmd == "grad")
+    np.testing.assert_array_equal(whole_gradient(reused), whole_gradient(fresh))
+    np.testing.assert_array_equal(whole_gradient(reused), stale)
 
 
 def backup_setup(a_walls, b_walls):
@@ -200,12 +216,10 @@ def test_dropout_masks_follow_the_spec_s_recipe_and_come_from_the_work_message()
     computer = WorkerCompute(config.to_dict(), corpus.vocab)       # its own config says no dropout
     server.register(b"w", "w", 0.0)
     item = server.start_step()[0]
-    work = Message("work", server.work_fields(item), server.work_arrays(item))
-    with_dropout = computer.compute(work).arrays["grad"].copy()
-    work.fields.update(dropout=0.0)
-    assert not np.array_equal(with_dropout, computer.compute(work).arrays["grad"])
-    work.fields.update(dropout=0.3, seed=config.seed + 1)
-    assert not np.array_equal(with_dropout, computer.compute(work).arrays["grad"])
+    with_dropout = whole_gradient(worker_answer(server, item, computer))
+    assert not np.array_equal(with_dropout, whole_gradient(worker_answer(server, item, computer, dropout=0.0)))
+    assert not np.array_equal(with_dropout, whole_gradient(worker_answer(server, item, computer,
+                                                                         seed=config.seed + 1)))
 
 
 def test_an_owner_that_keeps_losing_is_routed_around_except_on_probe_steps():
@@ -223,3 +237,61 @@ def test_an_owner_that_keeps_losing_is_routed_around_except_on_probe_steps():
     server.register(b"a", "a", 0.0)
     server.state.step = 8                        # a probe step: the slow owner shows its pace again
     assert {i.token for i in server.start_step()} == set(server.workers)
+
+
+def test_gradient_pieces_are_kept_only_for_work_in_flight_and_one_work_per_worker():
+    corpus, config, server = setup()
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
+    items = {item.token: item for item in server.start_step()}
+    *pieces, push = worker_answer(server, items[a], computer)
+    piece = pieces[0]
+    keep = lambda token, step, group: server.accept_piece(token, step, group, piece["piece"], piece.arrays["grad"])
+    assert not keep(b, 0, items[a].group)                   # not b's work
+    assert not keep(a, 1, items[a].group)                   # not the step in flight
+    assert not keep(a, 0, (0, 1, 2, 3, 4))                  # not a group of this step
+    assert keep(a, 0, items[a].group)
+    contribution = Contribution(push["loss"], server.gradient_pieces.take(a, 0, items[a].group),
+                                push.arrays["h"], push.arrays["c"], 0.0)
+    status, reason = server.accept_push(a, 0, items[a].group, contribution)
+    assert status == "refused" and "every piece" in reason     # the other piece never came
+    for piece in pieces:
+        assert server.accept_piece(a, 0, items[a].group, piece["piece"], piece.arrays["grad"])
+    assert server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"]) is False   # b's group
+    server.in_flight.backup[items[b].group] = a             # a copy: a now holds b's group too
+    assert server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"])
+    assert len(server.gradient_pieces.held) == 1            # the newer work replaced the older
+    assert server.gradient_pieces.take(a, 0, items[a].group) is None
+    server.drop(a)
+    assert not server.gradient_pieces.held
+
+
+def test_a_worker_computes_while_its_parameters_arrive_and_sends_the_top_piece_first():
+    import threading
+    import time
+    import pytest
+    from worker.compute import WorkAborted
+    corpus, config, server = setup()
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    server.register(b"w", "w", 0.0)
+    item = server.start_step()[0]
+    expected = worker_answer(server, item, computer)
+    work = Message("work", server.work_fields(item), server.work_arrays(item))
+    incoming, out, pieces = computer.incoming(), [], server.param_pieces()
+    assert incoming.put(1, pieces[1]) is not None           # out of order: refused
+    incoming.put(0, pieces[0])
+
+    def late():                     # the second layer's piece arrives while the first computes
+        time.sleep(0.2)
+        incoming.put(1, pieces[1])
+    feeder = threading.Thread(target=late)
+    feeder.start()
+    computer.compute(work, incoming, out.append)
+    feeder.join()
+    assert [(m.cmd, m.fields.get("piece")) for m in out] == [("grad", 1), ("grad", 0), ("push", None)]
+    assert incoming.waited_s > 0.1 and out[-1]["compute_s"] < expected[-1]["compute_s"] + 0.1
+    np.testing.assert_array_equal(whole_gradient(out), whole_gradient(expected))
+    abandoned = computer.incoming()
+    abandoned.abort()
+    with pytest.raises(WorkAborted):
+        computer.compute(work, abandoned, out.append)

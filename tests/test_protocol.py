@@ -1,4 +1,4 @@
-"""CLSTM/2 encode/decode: round trips, every kind of malformed message, a seeded fuzz."""
+"""CLSTM/3 encode/decode: round trips, every kind of malformed message, a seeded fuzz."""
 import random
 
 import msgpack
@@ -7,16 +7,24 @@ import pytest
 
 from protocol import SIGNATURE, Message, ProtocolError, decode, encode
 
-DIMS = {"P": 10, "L": 2, "H": 3, "T": 4, "float": "<f4"}
+DIMS = {"P": 10, "L": 2, "H": 3, "T": 4, "pieces": [4, 6], "float": "<f4"}
 
 
 def push(**changes):
     fields = {"token": 7, "step": 3, "chunks": [1, 2], "loss": 12.5, "compute_s": 0.1}
-    arrays = {"grad": np.arange(10, dtype=np.float32), "h": np.ones((2, 2, 3), np.float32),
-              "c": np.zeros((2, 2, 3), np.float32)}
+    arrays = {"h": np.ones((2, 2, 3), np.float32), "c": np.zeros((2, 2, 3), np.float32)}
     fields.update(changes.pop("fields", {}))
     arrays.update(changes.pop("arrays", {}))
     return Message("push", fields, arrays)
+
+
+def grad(**changes):
+    """Piece 1 (of sizes 4 and 6) of a gradient."""
+    fields = {"token": 7, "step": 3, "chunks": [1, 2], "piece": 1}
+    arrays = {"grad": np.arange(6, dtype=np.float32)}
+    fields.update(changes.pop("fields", {}))
+    arrays.update(changes.pop("arrays", {}))
+    return Message("grad", fields, arrays)
 
 
 def frames_of(message):
@@ -29,13 +37,13 @@ def header_frames(header, arrays=()):
 
 def test_round_trip_every_command():
     work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3, "wire": "bf16"},
-                   {"params": np.ones(10, np.uint16), "h": np.ones((2, 1, 3), np.float32),
-                    "c": np.ones((2, 1, 3), np.float32), "inputs": np.zeros((1, 4), np.int32),
-                    "targets": np.ones((1, 4), np.int32)})
-    messages = [push(), work, Message("register", {"name": "w"}), Message("heartbeat", {"token": 1}),
+                   {"h": np.ones((2, 1, 3), np.float32), "c": np.ones((2, 1, 3), np.float32),
+                    "inputs": np.zeros((1, 4), np.int32), "targets": np.ones((1, 4), np.int32)})
+    params = Message("params", {"token": 1, "step": 0, "chunks": [0], "piece": 0}, {"params": np.ones(4, np.uint16)})
+    messages = [push(), grad(), work, params, Message("register", {"name": "w"}), Message("heartbeat", {"token": 1}),
                 Message("bye", {"token": 1}), Message("pull"), Message("stop", {"reason": "done"}),
                 Message("welcome", {"token": 1, "config": {"a": 1}, "vocab": "ab", "heartbeat_s": 1.0,
-                                    "liveness_s": 5, "names": ["w"], "shapes": [[10]]}),
+                                    "liveness_s": 5, "names": ["w"], "shapes": [[10]], "pieces": [4, 6]}),
                 Message("ack", {"step": 1, "chunks": [0], "status": "accepted"}),
                 Message("reject", {"reason": "x", "reregister": True, "refers_to": {
                     "cmd": "push", "token": None, "step": 4, "chunks": [1, 2]}}),
@@ -49,21 +57,23 @@ def test_round_trip_every_command():
             assert decoded.arrays[name].dtype == array.dtype
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(fields={"loss": float("nan")}), "loss"),
-    (dict(arrays={"grad": np.array([np.inf] * 10, np.float32)}), "NaN or infinite"),
-    (dict(arrays={"grad": np.ones(11, np.float32)}), "P = 10"),
-    (dict(arrays={"grad": np.ones(10, np.float64)}), "this run uses <f4"),
-    (dict(arrays={"h": np.ones((2, 3, 3), np.float32)}), "B = 2"),
-    (dict(arrays={"c": np.ones((2, 2), np.float32)}), "3 dimensions"),
-    (dict(fields={"chunks": [2, 1]}), "chunks"),
-    (dict(fields={"chunks": []}), "chunks"),
-    (dict(fields={"token": -1}), "token"),
-    (dict(fields={"token": True}), "token"),
-    (dict(fields={"step": "3"}), "step"),
+@pytest.mark.parametrize("make, bad, match", [
+    (push, dict(fields={"loss": float("nan")}), "loss"),
+    (grad, dict(arrays={"grad": np.array([np.inf] * 6, np.float32)}), "NaN or infinite"),
+    (grad, dict(arrays={"grad": np.ones(4, np.float32)}), "piece = 6"),
+    (grad, dict(fields={"piece": 2}), "piece 2 does not exist"),
+    (grad, dict(fields={"piece": -1}), "piece"),
+    (grad, dict(arrays={"grad": np.ones(6, np.float64)}), "this run uses <f4"),
+    (push, dict(arrays={"h": np.ones((2, 3, 3), np.float32)}), "B = 2"),
+    (push, dict(arrays={"c": np.ones((2, 2), np.float32)}), "3 dimensions"),
+    (push, dict(fields={"chunks": [2, 1]}), "chunks"),
+    (grad, dict(fields={"chunks": []}), "chunks"),
+    (push, dict(fields={"token": -1}), "token"),
+    (push, dict(fields={"token": True}), "token"),
+    (grad, dict(fields={"step": "3"}), "step"),
 ])
-def test_malformed_push_is_rejected(bad, match):
-    message = push(**bad)
+def test_malformed_push_or_piece_is_rejected(make, bad, match):
+    message = make(**bad)
     with pytest.raises(ProtocolError, match=match):
         try:
             frames = frames_of(message)          # encode validates too
@@ -109,9 +119,9 @@ def test_oversized_message_is_refused_before_parsing():
 
 
 def test_seeded_fuzz_decode_refuses_every_malformed_set():
-    from helpers import malformed, valid_push
+    from helpers import malformed, valid_grad
     rng = random.Random(1234)
-    good = valid_push(DIMS)
+    good = valid_grad(DIMS)
     decode(good, DIMS)
     for _ in range(10_000):
         frames = malformed(rng, good, DIMS)
@@ -129,9 +139,8 @@ def test_tracked_send_says_when_the_arrays_may_be_reused(tmp_path):
         sender.bind(f"ipc://{tmp_path}/pair")
         receiver.connect(f"ipc://{tmp_path}/pair")
         grad = np.ones(4_000_000, np.float32)                 # larger than the socket buffers
-        push = Message("push", {"token": 1, "step": 0, "chunks": [0], "loss": 1.0, "compute_s": 0.1},
-                       {"grad": grad, "h": np.zeros((1, 1, 2), np.float32), "c": np.zeros((1, 1, 2), np.float32)})
-        tracker = send(sender, push, track=True)
+        piece = Message("grad", {"token": 1, "step": 0, "chunks": [0], "piece": 0}, {"grad": grad})
+        tracker = send(sender, piece, track=True)
         assert not tracker.done                                # 16 MB cannot all be written yet
         assert poll([receiver], 10)
         _, message, _ = receive(receiver, False, None, 1 << 30, print)
@@ -156,9 +165,9 @@ def test_field_types_as_the_spec_states_them():
 
 def test_arrays_must_come_in_the_listed_order():
     message = push()
-    specs = [[n, message.arrays[n].dtype.str, list(message.arrays[n].shape)] for n in ("h", "grad", "c")]
+    specs = [[n, message.arrays[n].dtype.str, list(message.arrays[n].shape)] for n in ("c", "h")]
     header = {"cmd": "push", "arrays": specs, **message.fields}
-    frames = header_frames(header, [message.arrays[n].tobytes() for n in ("h", "grad", "c")])
+    frames = header_frames(header, [message.arrays[n].tobytes() for n in ("c", "h")])
     with pytest.raises(ProtocolError, match="out of order"):
         decode(frames, DIMS)
 
@@ -174,16 +183,16 @@ def test_a_refusal_names_what_could_be_read_of_the_message():
 
 def test_narrow_wire_dtypes_travel_only_where_the_spec_allows_them():
     narrow_dims = dict(DIMS, wire="bf16")
-    bf16 = np.full(10, 0x3F80, np.uint16)                     # 1.0
-    assert decode(frames_of(push(arrays={"grad": bf16})), narrow_dims).arrays["grad"].dtype == np.uint16
+    bf16 = np.full(6, 0x3F80, np.uint16)                      # 1.0
+    assert decode(frames_of(grad(arrays={"grad": bf16})), narrow_dims).arrays["grad"].dtype == np.uint16
     with pytest.raises(ProtocolError, match="this run uses <f4 or bf16"):
-        decode(frames_of(push(arrays={"grad": np.ones(10, np.float16)})), narrow_dims)
+        decode(frames_of(grad(arrays={"grad": np.ones(6, np.float16)})), narrow_dims)
     with pytest.raises(ProtocolError, match="this run uses <f4"):
-        decode(frames_of(push(arrays={"grad": bf16})), DIMS)      # an exact run
+        decode(frames_of(grad(arrays={"grad": bf16})), DIMS)      # an exact run
     with pytest.raises(ProtocolError, match="must be one of"):
         decode(frames_of(push(arrays={"h": np.ones((2, 2, 3), np.uint16)})), narrow_dims)
     with pytest.raises(ProtocolError, match="NaN or infinite"):
-        decode(frames_of(push(arrays={"grad": np.full(10, 0x7F80, np.uint16)})), narrow_dims)
+        decode(frames_of(grad(arrays={"grad": np.full(6, 0x7F80, np.uint16)})), narrow_dims)
 
 
 def test_bfloat16_rounds_to_nearest_even_and_widens_exactly():

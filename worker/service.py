@@ -1,7 +1,10 @@
-"""The worker's socket loop (Paranoid Pirate): register, compute in a thread, push, heartbeat,
-reconnect with back-off when the coordinator goes silent. The math lives in compute.py."""
+"""The worker's socket loop (Paranoid Pirate): register, compute in a thread while the
+parameters stream in, send the gradient's pieces as they are final, push, heartbeat, reconnect
+with back-off when the coordinator goes silent. The math lives in compute.py."""
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
 import json
 import os
 import signal
@@ -9,13 +12,30 @@ import socket as pysocket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
+
 import zmq
 
 from protocol import DEFAULT_MAX_MESSAGE_BYTES, HEARTBEAT_S, LIVENESS_S, Message
 from protocol.transport import (EndpointError, RateLimitedLog, SendBuffers, connect_dealer, log_line, peak_rss_mb,
                                 poll, receive, send)
 from protocol.security import HandshakeWatch
-from .compute import WorkerCompute
+from .compute import IncomingParams, WorkAborted, WorkerCompute
+
+
+@dataclass
+class Job:
+    """One `work` being computed: its parameters coming in, its gradient buffer going out."""
+    work: Message
+    future: Future
+    incoming: IncomingParams
+    grad_out: np.ndarray
+    received_at: float
+    trackers: list = field(default_factory=list)    # sends of views of grad_out
+
+    def abandon(self) -> None:
+        self.future.cancel()            # not started: never runs
+        self.incoming.abort()           # waiting for parameters: gives up
 
 
 class Worker:
@@ -40,9 +60,9 @@ class Worker:
         self.stopping = None
         self.steps_done = 0
         self.grad_buffers = SendBuffers()     # gradients go out zero-copy; reused once sent
+        self.outbox: deque[tuple[tuple, Message]] = deque()    # compute thread -> socket loop
         # scripts/netbench.py: per work, when it had arrived and when its result was ready
         self.trace = open(trace, "a", encoding="utf-8") if trace else None
-        self.received_at: dict[Future, float] = {}
 
     def request_stop(self, signum, _frame) -> None:
         self.stopping = signal.Signals(signum).name
@@ -88,20 +108,20 @@ class Worker:
 
     def _session(self) -> str:
         """One connection's life. Returns "stop", "lost" (never welcomed), "welcomed" (lost
-        later) or "refused" (the coordinator refused this worker's CurveZMQ key)."""
+        later) or "refused" (the coordinator refused this worker's CurveZMQ key, or cuts the
+        parameters differently)."""
         socket = connect_dealer(self.context, self.endpoint, self.curve_client)
         handshakes = HandshakeWatch(socket) if self.curve_client else None
-        token, welcomed, pending = None, False, []
-        self.received_at.clear()
+        token, welcomed = None, False
+        jobs: dict[tuple[int, tuple[int, ...]], Job] = {}      # (step, chunks) -> its job
         latest_step = -1        # work for an older step is obsolete: the coordinator has moved on
         last_heard = last_sent = time.monotonic()
 
-        def transmit(message: Message) -> None:
+        def transmit(message: Message) -> zmq.MessageTracker | None:
             nonlocal last_sent
-            tracker = send(socket, message, track=message.cmd == "push")
-            if tracker is not None:
-                self.grad_buffers.retire(message.arrays["grad"], [tracker])
+            tracker = send(socket, message, track=message.cmd == "grad")
             last_sent = time.monotonic()
+            return tracker
 
         transmit(Message("register", {"name": self.name}))
         try:
@@ -114,20 +134,19 @@ class Worker:
                     return "refused"
                 if self.wake_read in ready:
                     os.read(self.wake_read, 4096)
-                for future in [f for f in pending if f.done()]:
-                    pending.remove(future)
-                    received = self.received_at.pop(future, now)
-                    if future.cancelled():
-                        continue
-                    try:
-                        push = future.result()
-                    except (ValueError, FloatingPointError) as error:
-                        self.reject_log(f"worker {self.name}: could not compute the work: {error}")
-                        continue
-                    if push["token"] == token and push["step"] >= latest_step:   # else fenced or moot
-                        transmit(push)
-                        self.steps_done += 1
-                        self._trace(push, received, now)
+                # finished jobs first: everything they emitted is in the outbox by now
+                finished = [key for key, job in jobs.items() if job.future.done()]
+                while self.outbox:
+                    key, message = self.outbox.popleft()
+                    if message["token"] == token and message["step"] >= latest_step:   # else fenced or moot
+                        tracker = transmit(message)
+                        if key in jobs and tracker is not None:
+                            jobs[key].trackers.append(tracker)
+                        if message.cmd == "push":
+                            self.steps_done += 1
+                            self._trace(message, jobs[key], now)
+                for key in finished:
+                    self._finish(jobs.pop(key))
                 while socket in ready and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     _, message, _ = receive(socket, False, self.compute.dims if self.compute else None,
                                             self.max_message_bytes, self.reject_log)
@@ -136,17 +155,30 @@ class Worker:
                     last_heard = now
                     cmd = message.cmd
                     if cmd == "welcome":
+                        self._prepare(message["config"], message["vocab"])
+                        if message["pieces"] != self.compute.dims["pieces"]:
+                            self.log(f"error: worker {self.name}: the coordinator cuts the parameters into "
+                                     f"pieces of {message['pieces']}, this worker into "
+                                     f"{self.compute.dims['pieces']}; run the same version on both")
+                            return "refused"
                         token, welcomed = message["token"], True
                         self.heartbeat_s, self.liveness_s = message["heartbeat_s"], message["liveness_s"]
-                        self._prepare(message["config"], message["vocab"])
                         self.log(f"worker {self.name}: registered with {self.endpoint}")
                     elif cmd == "work" and token is not None and message["token"] == token:
                         if message["step"] > latest_step:
                             latest_step = message["step"]
-                            for future in pending:
-                                future.cancel()         # only work not yet started; it is moot
-                        pending.append(self._submit(message))
-                        self.received_at[pending[-1]] = now
+                            for job in jobs.values():
+                                job.abandon()           # moot: the coordinator has moved on
+                        key = (message["step"], tuple(message["chunks"]))
+                        if key not in jobs:
+                            jobs[key] = self._submit(message, now)
+                    elif cmd == "params" and token is not None and message["token"] == token:
+                        job = jobs.get((message["step"], tuple(message["chunks"])))
+                        problem = job.incoming.put(message["piece"], message.arrays["params"]) if job \
+                            else "no such work here"
+                        if problem:
+                            self.reject_log(f"worker {self.name}: dropped parameters for step "
+                                            f"{message['step']}: {problem}")
                     elif cmd == "reject":
                         refused = message["refers_to"]
                         self.reject_log(f"worker {self.name}: coordinator refused {refused['cmd'] or 'a message'}"
@@ -167,13 +199,29 @@ class Worker:
                 transmit(Message("bye", {"token": token}))
             return "stop"
         finally:
+            for job in jobs.values():
+                job.abandon()       # nothing waits for pieces this connection will never bring
+            self.outbox.clear()
             if handshakes:
                 handshakes.close()
             socket.close(linger=200 if self.stopping else 0)
 
-    def _trace(self, push: Message, received: float, computed: float) -> None:
+    def _finish(self, job: Job) -> None:
+        """A job's end: its gradient buffer is reused once ZeroMQ has sent every view of it."""
+        self.grad_buffers.retire(job.grad_out, job.trackers)
+        if job.future.cancelled():
+            return
+        error = job.future.exception()
+        if isinstance(error, (ValueError, FloatingPointError)):
+            self.reject_log(f"worker {self.name}: could not compute the work: {error}")
+        elif error is not None and not isinstance(error, WorkAborted):
+            raise error
+
+    def _trace(self, push: Message, job: Job, computed: float) -> None:
+        """received: the work arrived; waited_s: computing waited for parameter pieces."""
         if self.trace:
-            self.trace.write(json.dumps({"step": push["step"], "chunks": push["chunks"], "received": received,
+            self.trace.write(json.dumps({"step": push["step"], "chunks": push["chunks"],
+                                         "received": job.received_at, "waited_s": job.incoming.waited_s,
                                          "computed": computed, "compute_s": push["compute_s"]}) + "\n")
             self.trace.flush()
 
@@ -182,13 +230,20 @@ class Worker:
         if key != self.compute_key:
             self.compute, self.compute_key = WorkerCompute(config, vocab), key
 
-    def _submit(self, work: Message) -> Future:
+    def _submit(self, work: Message, now: float) -> Job:
+        key = (work["step"], tuple(work["chunks"]))
         grad_out = self.grad_buffers.take((self.compute.layout.total,), self.compute.dtype)
-        future = self.executor.submit(self.compute.compute, work, grad_out)
-        future.add_done_callback(self._wake)
-        return future
+        incoming = self.compute.incoming()
 
-    def _wake(self, _future) -> None:
+        def emit(message: Message) -> None:     # from the compute thread, in order
+            self.outbox.append((key, message))
+            self._wake()
+
+        future = self.executor.submit(self.compute.compute, work, incoming, emit, grad_out)
+        future.add_done_callback(self._wake)
+        return Job(work, future, incoming, grad_out, now)
+
+    def _wake(self, _future=None) -> None:
         """Runs in the compute thread; after shutdown the pipe may be closed, which is fine."""
         try:
             os.write(self.wake_write, b".")
