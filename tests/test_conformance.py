@@ -174,12 +174,12 @@ def test_a_token_is_bound_to_the_socket_that_registered_it(coordinator):
     assert owner.expect("ack")["status"] == "accepted"
 
 
-def test_a_worker_re_registers_only_for_a_reject_naming_its_current_token(tmp_path):
-    """A real worker against a hand-driven coordinator (a ROUTER speaking protocol/ only)."""
+@pytest.fixture
+def hand_coordinator(tmp_path):
+    """A real worker against a hand-driven coordinator (a ROUTER speaking protocol/ only):
+    (worker process, next_command(timeout) -> (identity, message), answer(identity, message))."""
     import zmq
     from protocol import decode
-    from model.config import Config
-    from model.params import ParamLayout
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
@@ -198,20 +198,79 @@ def test_a_worker_re_registers_only_for_a_reject_naming_its_current_token(tmp_pa
 
     def answer(identity, message):
         router.send_multipart([identity, *encode(message)])
-    try:
-        identity, message = next_command()
-        assert message.cmd == "register"
-        config = Config(layers=1, hidden=4, chunks=2, seq_len=5).to_dict()
-        pieces = [stop - start for start, stop in ParamLayout.for_model(2, 1, 4).pieces]
-        answer(identity, Message("welcome", {"token": 7, "config": config, "vocab": "ab", "heartbeat_s": 0.2,
-                                             "liveness_s": 5.0, "names": [], "shapes": [], "pieces": pieces}))
-        old = {"cmd": "push", "token": 6, "step": 3, "chunks": [0]}
-        answer(identity, Message("reject", {"reason": "stale", "reregister": True, "refers_to": old}))
-        assert next_command(1.0) == (None, None), "a reject about an older token made it register"
-        answer(identity, Message("reject", {"reason": "unknown token", "reregister": True,
-                                            "refers_to": dict(old, token=7)}))
-        assert next_command()[1].cmd == "register"
-    finally:
-        helpers.stop_all(worker)
-        router.close(0)
-        context.term()
+    yield worker, next_command, answer
+    helpers.stop_all(worker)
+    router.close(0)
+    context.term()
+
+
+def tiny_welcome(token: int, pieces=None, liveness_s: float = 5.0) -> Message:
+    """A 1 x 4 model over "ab", and its one piece."""
+    from model.config import Config
+    from model.params import ParamLayout
+    config = Config(layers=1, hidden=4, chunks=2, seq_len=5).to_dict()
+    pieces = pieces or [stop - start for start, stop in ParamLayout.for_model(2, 1, 4).pieces]
+    return Message("welcome", {"token": token, "config": config, "vocab": "ab", "heartbeat_s": 0.2,
+                               "liveness_s": liveness_s, "names": [], "shapes": [], "pieces": pieces})
+
+
+def tiny_work(token: int) -> list[Message]:
+    names = {"token": token, "step": 0, "chunks": [0]}
+    state = np.zeros((1, 1, 4), np.float32)
+    work = Message("work", {**names, "dropout": 0.0, "seed": 1, "wire": "<f4"},
+                   {"h": state, "c": state, "inputs": np.zeros((1, 5), np.int32), "targets": np.ones((1, 5), np.int32)})
+    size = tiny_welcome(token)["pieces"][0]
+    return [work, Message("params", {**names, "piece": 0}, {"params": np.full(size, 0.1, np.float32)})]
+
+
+def test_a_worker_re_registers_only_for_a_reject_naming_its_current_token(hand_coordinator):
+    worker, next_command, answer = hand_coordinator
+    identity, message = next_command()
+    assert message.cmd == "register"
+    answer(identity, tiny_welcome(7))
+    answer(identity, tiny_work(7)[0])               # its parameters never come: the job waits
+    old = {"cmd": "push", "token": 6, "step": 3, "chunks": [0]}
+    answer(identity, Message("reject", {"reason": "stale", "reregister": True, "refers_to": old}))
+    assert next_command(1.0) == (None, None), "a reject about an older token made it register"
+    answer(identity, Message("reject", {"reason": "unknown token", "reregister": True,
+                                        "refers_to": dict(old, token=7)}))
+    assert next_command()[1].cmd == "register"
+    answer(identity, tiny_welcome(8))
+    for message in tiny_work(8):                     # the same step and chunks, the new token
+        answer(identity, message)
+    piece, push = next_command()[1], next_command()[1]
+    assert (piece.cmd, piece["token"], piece["piece"]) == ("grad", 8, 0)
+    assert (push.cmd, push["token"], push["chunks"]) == ("push", 8, [0])
+
+
+def test_a_worker_that_cuts_the_parameters_differently_says_so_and_exits(hand_coordinator, tmp_path):
+    worker, next_command, answer = hand_coordinator
+    identity, message = next_command()
+    answer(identity, tiny_welcome(7, pieces=[1, 121]))
+    assert worker.wait(20) == 2
+    errors = [line for line in open(tmp_path / "worker.log") if line.startswith("error:")]
+    assert len(errors) == 1 and "run the same version" in errors[0]
+
+
+def test_a_work_whose_parameters_stop_coming_is_dropped_and_the_worker_registers_again(hand_coordinator,
+                                                                                      tmp_path):
+    """A connection that broke between a `work` and its `params` (ZeroMQ reconnects silently):
+    the worker does not wait forever with a live heartbeat and a stuck computation."""
+    worker, next_command, answer = hand_coordinator
+    identity, _ = next_command()
+    answer(identity, tiny_welcome(7, liveness_s=1.0))
+    answer(identity, tiny_work(7)[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answer(identity, Message("heartbeat", {"token": 7}))     # the coordinator is alive
+        _, message = next_command(0.2)
+        if message is not None:
+            assert message.cmd == "register"
+            break
+    else:
+        raise AssertionError("the worker kept waiting for parameters that never came")
+    assert "parameters of step 0 stopped coming" in open(tmp_path / "worker.log").read()
+    answer(identity, tiny_welcome(8))
+    for message in tiny_work(8):
+        answer(identity, message)
+    assert next_command()[1].cmd == "grad" and next_command()[1].cmd == "push"

@@ -23,11 +23,13 @@ class IncomingParams:
     """A work's parameter vector, filled piece by piece in order by the socket loop while the
     compute thread waits for the piece it needs next."""
 
-    def __init__(self, pieces: list[tuple[int, int]], dtype):
+    def __init__(self, pieces: list[tuple[int, int]], dtype, patience_s: float = float("inf")):
         self.pieces = pieces
         self.params = np.empty(pieces[-1][1], dtype)       # (P,)
         self.arrived = 0
         self.aborted = False
+        self.stalled = False        # no piece came for patience_s: lost with a broken connection
+        self.patience_s = patience_s
         self.waited_s = 0.0
         self.condition = threading.Condition()
 
@@ -48,14 +50,19 @@ class IncomingParams:
             self.condition.notify_all()
 
     def await_piece(self, piece: int) -> None:
-        """Returns once piece `piece` is in; raises WorkAborted if the work was abandoned first."""
+        """Returns once piece `piece` is in; raises WorkAborted if the work was abandoned, or
+        no piece came for patience_s, first."""
         started = time.perf_counter()
         with self.condition:
             while self.arrived <= piece and not self.aborted:
-                self.condition.wait()
+                arrived = self.arrived
+                if not self.condition.wait(self.patience_s) and self.arrived == arrived:
+                    self.stalled = True
+                    break
         self.waited_s += time.perf_counter() - started
         if self.arrived <= piece:
-            raise WorkAborted(f"abandoned while waiting for parameter piece {piece}")
+            raise WorkAborted(f"no parameter piece {piece} came for {self.patience_s:g}s" if self.stalled
+                              else f"abandoned while waiting for parameter piece {piece}")
 
 
 class WorkerCompute:
@@ -66,8 +73,8 @@ class WorkerCompute:
         self.gradients = ChunkGradients(self.config, self.layout)
         self.dims = shape_sizes(self.config, self.layout)
 
-    def incoming(self) -> IncomingParams:
-        return IncomingParams(self.layout.pieces, self.dtype)
+    def incoming(self, patience_s: float = float("inf")) -> IncomingParams:
+        return IncomingParams(self.layout.pieces, self.dtype, patience_s)
 
     def compute(self, work: Message, incoming: IncomingParams, emit, grad_out: np.ndarray | None = None) -> None:
         """Computes a work as its parameters arrive in `incoming`, passing each gradient piece

@@ -26,7 +26,6 @@ from .compute import IncomingParams, WorkAborted, WorkerCompute
 @dataclass
 class Job:
     """One `work` being computed: its parameters coming in, its gradient buffer going out."""
-    work: Message
     future: Future
     incoming: IncomingParams
     grad_out: np.ndarray
@@ -36,6 +35,11 @@ class Job:
     def abandon(self) -> None:
         self.future.cancel()            # not started: never runs
         self.incoming.abort()           # waiting for parameters: gives up
+
+
+def job_key(message: Message) -> tuple:
+    """What a `work` and its `params` (and what the worker sends back) name alike."""
+    return message["token"], message["step"], tuple(message["chunks"])
 
 
 class Worker:
@@ -113,7 +117,7 @@ class Worker:
         socket = connect_dealer(self.context, self.endpoint, self.curve_client)
         handshakes = HandshakeWatch(socket) if self.curve_client else None
         token, welcomed = None, False
-        jobs: dict[tuple[int, tuple[int, ...]], Job] = {}      # (step, chunks) -> its job
+        jobs: dict[tuple, Job] = {}         # (token, step, chunks) -> its job
         latest_step = -1        # work for an older step is obsolete: the coordinator has moved on
         last_heard = last_sent = time.monotonic()
 
@@ -146,7 +150,13 @@ class Worker:
                             self.steps_done += 1
                             self._trace(message, jobs[key], now)
                 for key in finished:
-                    self._finish(jobs.pop(key))
+                    job = jobs.pop(key)
+                    self._finish(job)
+                    if job.incoming.stalled and key[0] == token:    # its pieces were lost: start afresh
+                        self.reject_log(f"worker {self.name}: the parameters of step {key[1]} stopped "
+                                        f"coming; registering again")
+                        token = None
+                        transmit(Message("register", {"name": self.name}))
                 while socket in ready and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     _, message, _ = receive(socket, False, self.compute.dims if self.compute else None,
                                             self.max_message_bytes, self.reject_log)
@@ -165,15 +175,15 @@ class Worker:
                         self.heartbeat_s, self.liveness_s = message["heartbeat_s"], message["liveness_s"]
                         self.log(f"worker {self.name}: registered with {self.endpoint}")
                     elif cmd == "work" and token is not None and message["token"] == token:
-                        if message["step"] > latest_step:
-                            latest_step = message["step"]
-                            for job in jobs.values():
-                                job.abandon()           # moot: the coordinator has moved on
-                        key = (message["step"], tuple(message["chunks"]))
+                        latest_step = max(latest_step, message["step"])
+                        for (job_token, job_step, _), job in jobs.items():
+                            if job_token != token or job_step < latest_step:
+                                job.abandon()   # moot: an older registration's, or the coordinator moved on
+                        key = job_key(message)
                         if key not in jobs:
                             jobs[key] = self._submit(message, now)
                     elif cmd == "params" and token is not None and message["token"] == token:
-                        job = jobs.get((message["step"], tuple(message["chunks"])))
+                        job = jobs.get(job_key(message))
                         problem = job.incoming.put(message["piece"], message.arrays["params"]) if job \
                             else "no such work here"
                         if problem:
@@ -231,9 +241,9 @@ class Worker:
             self.compute, self.compute_key = WorkerCompute(config, vocab), key
 
     def _submit(self, work: Message, now: float) -> Job:
-        key = (work["step"], tuple(work["chunks"]))
+        key = job_key(work)
         grad_out = self.grad_buffers.take((self.compute.layout.total,), self.compute.dtype)
-        incoming = self.compute.incoming()
+        incoming = self.compute.incoming(patience_s=self.liveness_s)
 
         def emit(message: Message) -> None:     # from the compute thread, in order
             self.outbox.append((key, message))
@@ -241,7 +251,7 @@ class Worker:
 
         future = self.executor.submit(self.compute.compute, work, incoming, emit, grad_out)
         future.add_done_callback(self._wake)
-        return Job(work, future, incoming, grad_out, now)
+        return Job(future, incoming, grad_out, now)
 
     def _wake(self, _future=None) -> None:
         """Runs in the compute thread; after shutdown the pipe may be closed, which is fine."""
