@@ -231,7 +231,8 @@ class ParameterServer:
     def accept_push(self, token: int, step: int, group: tuple[int, ...], contribution: Contribution,
                     now: float | None = None) -> tuple[str, str | None]:
         """Returns (status, reason): "accepted" or "duplicate" (answered with ack), "refused" (the
-        worker sent something wrong: counts toward dropping it) or "stale" (an old step)."""
+        worker sent something wrong: counts toward dropping it) or "stale" (an old step). A
+        contribution without a gradient takes the one its `grad` pieces assembled."""
         if token not in self.workers:
             return "stale", "unknown or expired token"
         key, flight = (token, step, group), self.in_flight
@@ -241,6 +242,8 @@ class ParameterServer:
         if flight is not None and step == flight.step and group in flight.owner and token in flight.copies(group):
             if group in flight.received:
                 return "duplicate", None
+            if contribution.grad is None:       # a push closes the pieces sent before it (SPEC.md 4.4)
+                contribution.grad = self.gradient_pieces.take(token, step, group)
             if contribution.grad is None:
                 return "refused", "push before every piece of its gradient arrived (SPEC.md 4.4)"
             flight.received[group] = contribution

@@ -194,8 +194,8 @@ class Coordinator:
 
     def _handle_push(self, token: int, message: Message) -> None:
         group = tuple(message["chunks"])
-        contribution = Contribution(message["loss"], self.server.gradient_pieces.take(token, message["step"], group),
-                                    message.arrays["h"], message.arrays["c"], message["compute_s"])
+        contribution = Contribution(message["loss"], None, message.arrays["h"], message.arrays["c"],
+                                    message["compute_s"])
         status, reason = self.server.accept_push(token, message["step"], group, contribution,
                                                  time.monotonic())
         if status in ("accepted", "duplicate"):

@@ -50,11 +50,8 @@ class ParamLayout:
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         if flat.shape != (self.total,):
             raise ValueError(f"flat parameter vector has shape {flat.shape}, expected ({self.total},)")
-        out, offset = {}, 0
-        for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[name] = flat[offset:offset + size].reshape(shape)
-            offset += size
-        return out
+        return {name: flat[offset:offset + size].reshape(shape)
+                for name, shape, size, offset in zip(self.names, self.shapes, self.sizes, self.offsets)}
 
     def flatten(self, arrays: dict[str, np.ndarray], dtype) -> np.ndarray:
         missing = [n for n in self.names if n not in arrays]

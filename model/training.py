@@ -102,7 +102,7 @@ def dropout_masks(dropout: float, seed: int, step: int, chunk_ids, shape: tuple[
 class Contribution:
     """One chunk group's part of a step: summed loss, gradient of the summed loss, new states."""
     loss: float
-    grad: np.ndarray        # (P,)
+    grad: np.ndarray | None     # (P,); None until a push's streamed pieces are assembled
     h: np.ndarray           # (L, b, H)
     c: np.ndarray           # (L, b, H)
     compute_s: float

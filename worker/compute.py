@@ -23,12 +23,12 @@ class IncomingParams:
     """A work's parameter vector, filled piece by piece in order by the socket loop while the
     compute thread waits for the piece it needs next."""
 
-    def __init__(self, pieces: list[tuple[int, int]], dtype, patience_s: float = float("inf")):
+    def __init__(self, pieces: list[tuple[int, int]], dtype, patience_s: float | None = None):
         self.pieces = pieces
         self.params = np.empty(pieces[-1][1], dtype)       # (P,)
         self.arrived = 0
         self.aborted = False
-        self.stalled = False        # no piece came for patience_s: lost with a broken connection
+        self.stalled = False        # no piece came for patience_s (None: forever): lost with a broken connection
         self.patience_s = patience_s
         self.waited_s = 0.0
         self.condition = threading.Condition()
@@ -73,7 +73,7 @@ class WorkerCompute:
         self.gradients = ChunkGradients(self.config, self.layout)
         self.dims = shape_sizes(self.config, self.layout)
 
-    def incoming(self, patience_s: float = float("inf")) -> IncomingParams:
+    def incoming(self, patience_s: float | None = None) -> IncomingParams:
         return IncomingParams(self.layout.pieces, self.dtype, patience_s)
 
     def compute(self, work: Message, incoming: IncomingParams, emit, grad_out: np.ndarray | None = None) -> None:
