@@ -18,6 +18,16 @@ def setup(chunks=5):
     return corpus, config, ParameterServer(new_state(config, corpus), corpus, liveness_s=5.0)
 
 
+def one_worker_step(**config_changes):
+    """A server with one registered worker and the step it was handed, and that worker's
+    math (built from the config before config_changes, as a worker's own config may differ)."""
+    corpus, config, server = setup()
+    server.state.config = config.replace(**config_changes)
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    server.register(b"w", "w", 0.0)
+    return config, server, computer, server.start_step()[0]
+
+
 def worker_answer(server, item, computer, grad_out=None, **changes) -> list[Message]:
     """The work and parameter pieces the server sends for item, computed: `grad`s, then `push`."""
     work = Message("work", {**server.work_fields(item), **changes}, server.work_arrays(item))
@@ -147,10 +157,7 @@ def test_a_worker_registering_again_mid_step_gets_its_groups_back():
 
 
 def test_a_reused_gradient_buffer_gives_the_same_push_as_a_fresh_one():
-    corpus, config, server = setup()
-    computer = WorkerCompute(config.to_dict(), corpus.vocab)
-    server.register(b"w", "w", 0.0)
-    item = server.start_step()[0]
+    _, server, computer, item = one_worker_step()
     fresh = worker_answer(server, item, computer)
     stale = np.full(computer.layout.total, np.nan)           # every element must be overwritten
     reused = worker_answer(server, item, computer, stale)
@@ -210,11 +217,7 @@ def test_dropout_masks_follow_the_spec_s_recipe_and_come_from_the_work_message()
         draws = np.random.default_rng([seed, step, chunk]).random(shape)
         expected = np.where(draws < 1 - p, 1.0 / (1 - p), 0.0).astype(np.float32)
         np.testing.assert_array_equal(masks[:, :, column, :], expected)
-    corpus, config, server = setup()
-    server.state.config = config.replace(dropout=0.3)
-    computer = WorkerCompute(config.to_dict(), corpus.vocab)       # its own config says no dropout
-    server.register(b"w", "w", 0.0)
-    item = server.start_step()[0]
+    config, server, computer, item = one_worker_step(dropout=0.3)   # the worker's config says none
     with_dropout = whole_gradient(worker_answer(server, item, computer))
     assert not np.array_equal(with_dropout, whole_gradient(worker_answer(server, item, computer, dropout=0.0)))
     assert not np.array_equal(with_dropout, whole_gradient(worker_answer(server, item, computer,
@@ -269,10 +272,7 @@ def test_a_worker_computes_while_its_parameters_arrive_and_sends_the_top_piece_f
     import time
     import pytest
     from worker.compute import WorkAborted
-    corpus, config, server = setup()
-    computer = WorkerCompute(config.to_dict(), corpus.vocab)
-    server.register(b"w", "w", 0.0)
-    item = server.start_step()[0]
+    _, server, computer, item = one_worker_step()
     expected = worker_answer(server, item, computer)
     work = Message("work", server.work_fields(item), server.work_arrays(item))
     incoming, out, pieces = computer.incoming(), [], server.param_pieces()
