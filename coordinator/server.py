@@ -117,6 +117,7 @@ class ParameterServer:
         unfinished groups become orphaned_work(), which the caller dispatches after welcoming."""
         for old in [t for t, w in self.workers.items() if w.identity == identity]:
             del self.workers[old]
+            self.gradient_pieces.forget(old)
         token = next(self._tokens)
         self.workers[token] = WorkerRecord(token, identity, name, now)
         return token

@@ -35,11 +35,15 @@ def check_rate(rate: str) -> str:
     return rate
 
 
+def bytes_per_s(rate: str) -> float:
+    """A tc rate ("1gbit") in bytes per second."""
+    number, unit = re.match(r"^([\d.]+)([kmg]?)bit$", rate).groups()
+    return float(number) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[unit] / 8
+
+
 def _burst(rate: str) -> str:
     """tbf needs a bucket of at least rate/HZ; large enough that fast links are not capped by it."""
-    number, unit = re.match(r"^([\d.]+)([kmg]?)bit$", rate).groups()
-    bits = float(number) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[unit]
-    return f"{max(64 * 1024, int(bits / 8 / 100))}b"
+    return f"{max(64 * 1024, int(bytes_per_s(rate) / 100))}b"
 
 
 class Lab:

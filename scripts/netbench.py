@@ -25,7 +25,8 @@ import tempfile
 import time
 
 import _paths
-from _netlab import Lab, LabError, check_can_build, check_rate
+from _netlab import Lab, LabError, bytes_per_s, check_can_build, check_rate
+from _netmodel import step_s as model_step_s
 from model.cli import Parser
 
 DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
@@ -69,7 +70,7 @@ def run_configuration(rates: list[str], args, model_flags: list[str]) -> dict:
         steps = args.warmup + args.steps
         figures["coordinator_link_mb_per_step"] = {"in": (after[0] - before[0]) / steps / 1e6,
                                                    "out": (after[1] - before[1]) / steps / 1e6}
-        figures["params_digest"] = params_digest(save_dir)
+        figures["params_digest"], figures["layer0_share"] = params_digest(save_dir)
         return figures
 
 
@@ -125,10 +126,22 @@ def phases(save_dir: str, warmup: int) -> dict:
     return figures
 
 
-def params_digest(save_dir: str) -> str:
+def params_digest(save_dir: str) -> tuple[str, float]:
+    """A digest of the final parameters, and layer 0's share of them (its piece, for the model)."""
     from model.checkpoint import load_state
-    params = load_state(os.path.join(save_dir, "checkpoint.npz")).params
-    return hashlib.sha256(params.tobytes()).hexdigest()[:12]
+    state = load_state(os.path.join(save_dir, "checkpoint.npz"))
+    start, stop = state.layout.pieces[0]
+    return hashlib.sha256(state.params.tobytes()).hexdigest()[:12], (stop - start) / state.layout.total
+
+
+def predicted(rate: str, workers: int, figures: dict, unshaped: dict | None) -> float | None:
+    """The scaling model's step for a shaped configuration, from the compute and update measured
+    unshaped with as many workers (the shaped run's own compute includes the transfers' cost)."""
+    if rate == "none" or unshaped is None:
+        return None
+    wire_bytes = figures["coordinator_link_mb_per_step"]["out"] * 1e6 / workers
+    return model_step_s(workers, bytes_per_s(rate), wire_bytes, unshaped["compute_s"], unshaped["update_s"],
+                        figures["layer0_share"])
 
 
 def configurations(args) -> list[tuple[str, list[str]]]:
@@ -174,9 +187,12 @@ def main(argv=None) -> int:
     results = {}
     try:
         for label, rates in rows:
-            results[label] = run_configuration(rates, args, model_flags)
+            figures = results[label] = run_configuration(rates, args, model_flags)
+            workers = len(rates) - 1
+            if len(set(rates)) == 1:        # every link alike: what the scaling model expects
+                figures["model_step_s"] = predicted(rates[0], workers, figures, results.get(f"none x{workers}"))
             if not args.json:
-                print_row(label, results[label])
+                print_row(label, figures)
     except KeyboardInterrupt:
         print("interrupted; the lab is torn down", file=sys.stderr)
         return 130
@@ -195,7 +211,8 @@ def print_row(label: str, f: dict) -> None:
           f"{ms('queued_s')} + compute {ms('compute_s')} + in {ms('in_s')} + update {ms('update_s')} + idle {ms('idle_s')}  "
           f"outside math {f['outside_math_share'] * 100:4.1f}%  coordinator link {link['out']:.1f} MB out "
           f"{link['in']:.1f} MB in per step  backups won {f['backups_won']} wasted {f['backups_wasted']}  "
-          f"params {f['params_digest']}", flush=True)
+          f"params {f['params_digest']}"
+          + (f"  model step {f['model_step_s'] * 1000:.0f} ms" if f.get("model_step_s") else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,13 @@ def test_configurations_put_the_slow_link_on_the_last_worker():
 @pytest.mark.parametrize("rate, burst", [("1gbit", "1250000b"), ("100mbit", "125000b"), ("1mbit", "65536b")])
 def test_the_token_bucket_holds_at_least_a_tick_of_traffic(rate, burst):
     assert _netlab._burst(rate) == burst
+
+
+def test_the_scaling_model_charges_only_the_traffic_compute_cannot_hide():
+    from _netmodel import step_s
+    assert step_s(2, 1e15, 13.5e6, 0.7, 0.015, 0.357) == pytest.approx(0.715)     # a free link
+    # 1 Gbit/s, 2 workers: layer 1 waits for the last piece; the top pieces' upload hides behind
+    # layer 0's backward pass; layer 0's gradient pieces go after compute
+    first, last = 2 * 0.357 * 13.5e6 / 125e6, 2 * 13.5e6 / 125e6
+    assert step_s(2, 125e6, 13.5e6, 0.7, 0.015, 0.357) == pytest.approx(last + 0.7 - 0.17 * 0.7 + first + 0.015)
+    assert _netlab.bytes_per_s("1gbit") == 125e6 and _netlab.bytes_per_s("100mbit") == 12.5e6

@@ -263,7 +263,11 @@ def test_gradient_pieces_are_kept_only_for_work_in_flight_and_one_work_per_worke
     assert server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"])
     assert len(server.gradient_pieces.held) == 1            # the newer work replaced the older
     assert server.gradient_pieces.take(a, 0, items[a].group) is None
-    server.drop(a)
+    server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"])
+    server.register(b"a", "a again", 1.0)                   # the same socket, a new incarnation
+    assert not server.gradient_pieces.held
+    server.accept_piece(b, 0, items[b].group, 0, pieces[-1].arrays["grad"])
+    server.drop(b)
     assert not server.gradient_pieces.held
 
 
