@@ -35,6 +35,10 @@ class GradientPieces:
         held.grad[start:stop] = widen(array, self.dtype)
         held.arrived.add(piece)
 
+    def complete(self, token: int) -> bool:
+        held = self.held.get(token)
+        return held is not None and len(held.arrived) == len(self.pieces)
+
     def take(self, token: int, step: int, group: tuple[int, ...]) -> np.ndarray | None:
         """The whole gradient of that work if every piece arrived, else None; forgets it."""
         held = self.held.get(token)

@@ -17,6 +17,7 @@ from model.corpus import Corpus
 from model.training import Contribution, TrainState
 from model.wire import WIRE_TAGS, narrow
 from protocol import LIVENESS_S
+from .chain import NO_LINKS, RelayChain
 from .pieces import GradientPieces
 
 # Backup copies (SPEC.md 5.6): a group still out is copied to an idle worker when its owner
@@ -29,6 +30,7 @@ LOSSES_BEFORE_BYPASS = 3    # an owner whose groups copies won this often in a r
 PROBE_EVERY = 4             # ...except every 4th step, to show whether it is still slow
 WALLS_KEPT = 8              # per worker: seconds per chunk, work sent to push received
 RECENT_STEPS = 4            # finished steps whose late pushes are still answered `duplicate`
+CHAIN_PAUSE_MAX = 256       # steps without a relay chain after chains broke again and again
 
 
 @dataclass
@@ -38,6 +40,7 @@ class WorkerRecord:
     name: str
     last_heard: float
     last_sent: float = 0.0
+    relay: str = ""             # where it accepts relayed messages (SPEC.md 4.5); "" for nowhere
     refused_in_a_row: int = 0
     lost_in_a_row: int = 0      # own groups whose copy was accepted first
     walls_per_chunk: deque = field(default_factory=lambda: deque(maxlen=WALLS_KEPT))
@@ -54,10 +57,18 @@ class StepInFlight:
     accepted_from: dict[tuple[int, ...], int] = field(default_factory=dict)
     backup: dict[tuple[int, ...], int] = field(default_factory=dict)   # group -> token with a copy
     bypassed: set[tuple[int, ...]] = field(default_factory=set)        # copied instead of sent to its owner
+    chain: RelayChain | None = None
 
     @property
     def complete(self) -> bool:
-        return len(self.received) == len(self.owner)
+        """Every group's push is in, and every gradient: each its own, or the chain's sum."""
+        return len(self.received) == len(self.owner) and (
+            all(c.grad is not None for c in self.received.values())
+            or (self.chain is not None and self.chain.total is not None))
+
+    def chained(self, group: tuple[int, ...]) -> bool:
+        """Whether the group was in the step's chain: its push may come without a gradient."""
+        return self.chain is not None and group in self.chain.groups
 
     def copies(self, group: tuple[int, ...]) -> tuple[int, ...]:
         return (self.owner[group],) + ((self.backup[group],) if group in self.backup else ())
@@ -96,8 +107,16 @@ def partition(chunks: int, parts: int) -> list[tuple[int, ...]]:
 
 
 class ParameterServer:
-    def __init__(self, state: TrainState, corpus: Corpus, liveness_s: float = LIVENESS_S):
+    def __init__(self, state: TrainState, corpus: Corpus, liveness_s: float = LIVENESS_S,
+                 relaying: bool = True):
         self.state = state
+        self.relaying = relaying        # off where the relay would bypass CurveZMQ (SPEC.md 4.5)
+        # what an abandoned chain asks of the service: ("direct", token, group) and ("params", token)
+        self.chain_orders: list[tuple] = []
+        self.last_relayed = False       # whether the last step's gradient came as a chain's sum
+        # after a chain breaks (a relay link that does not carry, a late worker), steps go without
+        # one for a while: 2, 4, 8 ... steps while they keep breaking; one that works resets it
+        self.chain_pause, self.chains_from_step = 0, 0
         self.corpus = corpus
         self.liveness_s = liveness_s
         self.workers: dict[int, WorkerRecord] = {}
@@ -112,14 +131,14 @@ class ParameterServer:
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
 
     # roster -------------------------------------------------------------------------------
-    def register(self, identity: bytes, name: str, now: float) -> int:
+    def register(self, identity: bytes, name: str, now: float, relay: str = "") -> int:
         """A new incarnation: any earlier registration from the same socket is forgotten; its
         unfinished groups become orphaned_work(), which the caller dispatches after welcoming."""
         for old in [t for t, w in self.workers.items() if w.identity == identity]:
             del self.workers[old]
             self.gradient_pieces.forget(old)
         token = next(self._tokens)
-        self.workers[token] = WorkerRecord(token, identity, name, now)
+        self.workers[token] = WorkerRecord(token, identity, name, now, relay=relay)
         return token
 
     def heard_from(self, token: int, now: float) -> bool:
@@ -136,6 +155,11 @@ class ParameterServer:
         flight = self.in_flight
         if flight is None:
             return []
+        if flight.chain is not None and flight.chain.involves(token) and flight.chain.total is None:
+            self.abandon_chain(broken=False)
+            for group in [g for g, c in flight.received.items() if c.grad is None and flight.accepted_from[g] == token]:
+                del flight.received[group]      # its gradient died with it: the group is computed again
+                flight.owner[group] = token
         copies_lost = [g for g, t in flight.backup.items() if t == token and g not in flight.received]
         flight.backup = {g: t for g, t in flight.backup.items() if t != token}
         work = self._reassign([g for g, t in flight.owner.items() if t == token and g not in flight.received])
@@ -193,6 +217,11 @@ class ParameterServer:
         tokens, step = sorted(self.workers), self.state.step
         groups = partition(self.state.config.chunks, len(tokens))
         self.in_flight = flight = StepInFlight(step, dict(zip(groups, tokens)))
+        pieces = self.gradient_pieces
+        if (self.relaying and step >= self.chains_from_step
+                and all(self.workers[t].lost_in_a_row < LOSSES_BEFORE_BYPASS for t in tokens)):
+            flight.chain = RelayChain.plan(step, list(zip(groups, tokens)),
+                                           {t: self.workers[t].relay for t in tokens}, pieces.pieces, pieces.dtype)
         steady = [t for t in tokens if self.workers[t].lost_in_a_row < LOSSES_BEFORE_BYPASS]
         own, copies = [], []
         for group, token in zip(groups, tokens):
@@ -210,9 +239,18 @@ class ParameterServer:
     def work_fields(self, item: WorkItem) -> dict:
         """The `work` header: what to compute, and what determines its dropout masks."""
         config = self.state.config
+        flight = self.in_flight
+        chain = flight.chain if flight is not None and flight.step == item.step else None
         return {"token": item.token, "step": item.step, "chunks": list(item.group),
                 "dropout": config.dropout, "seed": config.seed,
-                "wire": WIRE_TAGS[config.wire_dtype] or np.dtype(config.dtype).str}
+                "wire": WIRE_TAGS[config.wire_dtype] or np.dtype(config.dtype).str,
+                **(chain.links(item.group, item.token) if chain else NO_LINKS)}
+
+    def sends_params(self, item: WorkItem) -> bool:
+        """Whether the coordinator sends this work's parameters itself (else a relay chain does)."""
+        flight = self.in_flight
+        chain = flight.chain if flight is not None and flight.step == item.step else None
+        return chain is None or chain.sends_params(item.group, item.token)
 
     def work_arrays(self, item: WorkItem) -> dict[str, np.ndarray]:
         chunk_ids = list(item.group)
@@ -245,10 +283,12 @@ class ParameterServer:
                 return "duplicate", None
             if contribution.grad is None:       # a push closes the pieces sent before it (SPEC.md 4.4)
                 contribution.grad = self.gradient_pieces.take(token, step, group)
-            if contribution.grad is None:
+            if contribution.grad is None and not flight.chained(group):
                 return "refused", "push before every piece of its gradient arrived (SPEC.md 4.4)"
             flight.received[group] = contribution
             flight.accepted_from[group] = token
+            if flight.chain is not None and len(flight.received) == len(flight.owner) and now is not None:
+                flight.chain.all_pushed_at = now
             if flight.backup.get(group) == token:
                 self.step_backups.won += 1
                 owner = self.workers.get(flight.owner[group])
@@ -263,15 +303,55 @@ class ParameterServer:
             return "refused", f"chunks {list(group)} are not assigned to this worker for step {step}"
         return "stale", f"step {step} is not the step in flight (next is {self.state.step})"
 
-    def accept_piece(self, token: int, step: int, group: tuple[int, ...], piece: int, array: np.ndarray) -> bool:
-        """Keeps a gradient piece of work that `token` holds in the step in flight and has not
-        been taken yet; False (dropped: its push will be answered) otherwise."""
+    def accept_piece(self, token: int, step: int, group: tuple[int, ...], piece: int, array: np.ndarray,
+                     prefix: bool = False) -> bool:
+        """Keeps a gradient piece of work that `token` holds in the step in flight and whose
+        gradient is not in yet, or a piece of the relay chain's sum; False (dropped: its push
+        will be answered) otherwise."""
         flight = self.in_flight
-        if (token not in self.workers or flight is None or step != flight.step or group not in flight.owner
-                or token not in flight.copies(group) or group in flight.received):
+        if token not in self.workers or flight is None or step != flight.step or group not in flight.owner:
+            return False
+        if prefix:
+            return flight.chain is not None and flight.chain.keep(token, step, group, piece, array)
+        taken = flight.received.get(group)
+        if token not in flight.copies(group) or (taken is not None and taken.grad is not None):
             return False
         self.gradient_pieces.keep(token, step, group, piece, array)
+        if taken is not None and self.gradient_pieces.complete(token):     # after a `direct`
+            taken.grad = self.gradient_pieces.take(token, step, group)
         return True
+
+    def abandon_chain(self, broken: bool = True) -> None:
+        """The step goes on without its chain (SPEC.md 4.5): every chained group's holder sends
+        its own gradient, and whoever has not pushed gets the parameters directly. broken: the
+        chain failed to carry (not a worker that died), so the next steps go without one."""
+        flight = self.in_flight
+        chain = flight.chain if flight is not None else None
+        if chain is None or not chain.active or chain.total is not None:
+            return
+        chain.active = False
+        if broken:
+            self.chain_pause = min(max(2, 2 * self.chain_pause), CHAIN_PAUSE_MAX)
+            self.chains_from_step = flight.step + 1 + self.chain_pause
+        for group in chain.groups:
+            token = flight.accepted_from.get(group, flight.owner[group])
+            if token in self.workers:
+                self.chain_orders.append(("direct", token, group))
+                if group not in flight.received:
+                    self.chain_orders.append(("params", token))
+
+    def take_chain_orders(self) -> list[tuple]:
+        orders, self.chain_orders = self.chain_orders, []
+        return orders
+
+    def check_chain(self, now: float) -> None:
+        """Abandons a chain whose sum is overdue, or one with a late group: a stalled worker
+        also holds up the parameters it should forward, so no one would be idle for a copy."""
+        flight = self.in_flight
+        chain = flight.chain if flight is not None else None
+        if chain is not None and (chain.overdue(now) or (chain.active and chain.total is None and any(
+                self._late(group, now, None) for group in flight.outstanding()))):
+            self.abandon_chain()
 
     def backup_work(self, now: float) -> list[WorkItem]:
         """Copies of late groups of the step in flight for idle workers (SPEC.md 5.6)."""
@@ -288,6 +368,7 @@ class ParameterServer:
             if not idle:
                 break
             if self._late(group, now, self.workers[idle[0]].usual_per_chunk()):
+                self.abandon_chain()        # a copy computes off the chain
                 token = idle.pop(0)
                 flight.backup[group] = token
                 self.step_backups.issued += 1
@@ -314,6 +395,12 @@ class ParameterServer:
         if flight is None or not flight.complete:
             raise RuntimeError("collect called before every chunk's contribution arrived")
         self.in_flight = None
+        self.last_relayed = flight.chain is not None and flight.chain.total is not None
+        if self.last_relayed:       # the chain's sum stands for every group
+            self.chain_pause = 0
+            for group in flight.chain.groups:
+                flight.received[group].grad = None
+            flight.received[flight.chain.groups[-1]].grad = flight.chain.total
         self.recently_accepted = {(token, flight.step, group) for group, token in flight.accepted_from.items()}
         self.sent_at = {key: sent for key, sent in self.sent_at.items() if key[1] > flight.step - RECENT_STEPS}
         self.total_backups.issued += self.step_backups.issued

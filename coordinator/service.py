@@ -30,7 +30,7 @@ class Coordinator:
     def __init__(self, state: TrainState, corpus: Corpus, bind: str, *, heartbeat_s: float = HEARTBEAT_S,
                  liveness_s: float = LIVENESS_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  min_workers: int = 1, curve_server=None, log=log_line, trace: str | None = None):
-        self.server = ParameterServer(state, corpus, liveness_s)
+        self.server = ParameterServer(state, corpus, liveness_s, relaying=curve_server is None)
         self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
         self.max_message_bytes = max_message_bytes
         self.log = log
@@ -92,7 +92,8 @@ class Coordinator:
         return Gathered(contributions, {
             "workers": len(self.server.workers),
             "compute_s": round(max(c.compute_s for c in contributions.values()), 4),
-            "backups_issued": backups.issued, "backups_won": backups.won, "backups_wasted": backups.wasted})
+            "backups_issued": backups.issued, "backups_won": backups.won, "backups_wasted": backups.wasted,
+            "relayed": int(self.server.last_relayed)})
 
     def params_out(self, state: TrainState) -> np.ndarray:
         """A vector no pending send is reading; the current one retires with its sends."""
@@ -133,19 +134,26 @@ class Coordinator:
     def _dispatch(self, items) -> None:
         for item in items:
             self.server.dispatched(item, time.monotonic())
-            fields = self.server.work_fields(item)
-            self._send(item.token, Message("work", fields, self.server.work_arrays(item)))
-            names = {"token": item.token, "step": item.step, "chunks": fields["chunks"]}
-            for piece, params in enumerate(self.server.param_pieces()):     # SPEC.md 4.4
-                self._send(item.token, Message("params", {**names, "piece": piece}, {"params": params}),
-                           sends_params=True)
+            self._send(item.token, Message("work", self.server.work_fields(item), self.server.work_arrays(item)))
+            if self.server.sends_params(item):      # else a relay chain brings them (SPEC.md 4.5)
+                self._send_params(item.token)
+        for order, token, *group in self.server.take_chain_orders():       # an abandoned chain's
+            if order == "direct":
+                self._send(token, Message("direct", {"step": self.state.step, "chunks": list(group[0])}))
+            else:
+                self._send_params(token)
+
+    def _send_params(self, token: int) -> None:
+        for piece, params in enumerate(self.server.param_pieces()):         # SPEC.md 4.4
+            self._send(token, Message("params", {"step": self.state.step, "piece": piece}, {"params": params}),
+                       sends_params=True)
 
     def _reject(self, identity: bytes, reason: str, reregister: bool, reference: dict) -> None:
         send(self.socket, Message("reject", {"reason": reason, "reregister": reregister,
                                              "refers_to": reference}), identity)
 
-    def _welcome(self, identity: bytes, name: str) -> None:
-        token = self.server.register(identity, name, time.monotonic())
+    def _welcome(self, identity: bytes, name: str, relay: str) -> None:
+        token = self.server.register(identity, name, time.monotonic(), relay)
         state = self.state
         self._send(token, Message("welcome", {
             "token": token, "config": state.config.to_dict(), "vocab": state.vocab,
@@ -168,7 +176,7 @@ class Coordinator:
     def _handle(self, identity: bytes, message: Message) -> None:
         cmd = message.cmd
         if cmd == "register":
-            self._welcome(identity, message["name"])
+            self._welcome(identity, message["name"], message["relay"])
         elif cmd == "pull":
             self._send(identity, self._model_message(), sends_params=True)
         elif cmd in ("heartbeat", "grad", "push", "bye"):
@@ -183,7 +191,7 @@ class Coordinator:
             self.server.heard_from(token, time.monotonic())
             if cmd == "grad":
                 self.server.accept_piece(token, message["step"], tuple(message["chunks"]), message["piece"],
-                                         message.arrays["grad"])
+                                         message.arrays["grad"], message["prefix"])
             elif cmd == "push":
                 self._handle_push(token, message)
             elif cmd == "bye":
@@ -235,6 +243,7 @@ class Coordinator:
         for token in dead:
             self.log(f"worker token {token} silent for over {self.liveness_s:g}s: declared dead, "
                      f"its chunks go to live workers")
+        self.server.check_chain(now)
         self._dispatch(work)
         copies = self.server.backup_work(now)
         for item in copies:

@@ -88,6 +88,16 @@ class InProcessSource:
         pass
 
 
+def summands(contributions: dict[tuple[int, ...], Contribution], groups: list) -> list[np.ndarray]:
+    """The gradients to add, in ascending chunk order. A relay chain's sum (SPEC.md 4.5) comes
+    as the last group's gradient with every earlier group's left out: it already holds them,
+    added in this same order."""
+    grads = [contributions[g].grad for g in groups]
+    if any(g is None for g in grads) and (grads[-1] is None or any(g is not None for g in grads[:-1])):
+        raise RuntimeError("a step's gradients are incomplete: only a relay chain's sum may stand for others")
+    return [g for g in grads if g is not None]
+
+
 def apply_step(state: TrainState, optimizer: RMSprop, contributions: dict[tuple[int, ...], Contribution],
                new_params: np.ndarray) -> tuple[float, float]:
     """Sums the contributions in ascending chunk order (never arrival order), clips, applies
@@ -98,7 +108,7 @@ def apply_step(state: TrainState, optimizer: RMSprop, contributions: dict[tuple[
         chunk_h[:, list(group)] = contributions[group].h
         chunk_c[:, list(group)] = contributions[group].c
     loss = sum(contributions[g].loss for g in groups) / state.predictions_per_step
-    norm = optimizer.step(state.params, [contributions[g].grad for g in groups],
+    norm = optimizer.step(state.params, summands(contributions, groups),
                           state.predictions_per_step, state.config.lr_at(state.epoch), out=new_params)
     state.advance(new_params, chunk_h, chunk_c)
     return loss, norm

@@ -35,25 +35,29 @@ class ProtocolError(ValueError):
 
 
 # Field kinds.
-INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, SIZES, STRS, SHAPES, REFERENCE, WIRE = (
+INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, SIZES, STRS, SHAPES, REFERENCE, WIRE, RELAY = (
     "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "sizes", "strs", "shapes",
-    "reference", "wire")
+    "reference", "wire", "relay")
+MAX_RELAY_CHARS = 256
 
 # cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
 STATE = ("L", "B", "H")
 SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]] = {
-    "register": ({"name": NAME}, {}),
+    "register": ({"name": NAME, "relay": RELAY}, {}),
     "heartbeat": ({"token": INT}, {}),
-    "grad": ({"token": INT, "step": INT, "chunks": CHUNKS, "piece": INT}, {"grad": ("wire", ("piece",))}),
+    "grad": ({"token": INT, "step": INT, "chunks": CHUNKS, "piece": INT, "prefix": BOOL},
+             {"grad": ("wire", ("piece",))}),
     "push": ({"token": INT, "step": INT, "chunks": CHUNKS, "loss": FLOAT, "compute_s": FLOAT},
              {"h": ("float", STATE), "c": ("float", STATE)}),
     "bye": ({"token": INT}, {}),
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
                  "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES, "pieces": SIZES}, {}),
-    "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE},
+    "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE,
+              "params_to": RELAY, "sum_from": BOOL, "sum_to": RELAY},
              {"h": ("float", STATE), "c": ("float", STATE),
               "inputs": ("index", ("B", "T")), "targets": ("index", ("B", "T"))}),
-    "params": ({"token": INT, "step": INT, "chunks": CHUNKS, "piece": INT}, {"params": ("wire", ("piece",))}),
+    "params": ({"step": INT, "piece": INT}, {"params": ("wire", ("piece",))}),
+    "direct": ({"step": INT, "chunks": CHUNKS}, {}),
     "ack": ({"step": INT, "chunks": INTS, "status": STR}, {}),
     "reject": ({"reason": STR, "reregister": BOOL, "refers_to": REFERENCE}, {}),
     "stop": ({"reason": STR}, {}),
@@ -102,6 +106,7 @@ def _check_field(cmd: str, name: str, kind: str, value) -> None:
         FRACTION: lambda v: _is_float(v) and 0 <= v < 1,
         STR: lambda v: isinstance(v, str) and len(v) <= MAX_HEADER_BYTES,
         NAME: lambda v: isinstance(v, str) and len(v) <= MAX_NAME_CHARS,
+        RELAY: lambda v: isinstance(v, str) and len(v) <= MAX_RELAY_CHARS and (v == "" or v.startswith("tcp://")),
         BOOL: lambda v: isinstance(v, bool),
         MAP: lambda v: isinstance(v, dict),
         INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),

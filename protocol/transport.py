@@ -1,6 +1,7 @@
 """The one module that owns ZeroMQ sockets: creation, sending, receiving, polling, logging drops."""
 from __future__ import annotations
 
+import re
 import resource
 import sys
 import threading
@@ -105,11 +106,54 @@ def connect_dealer(context: zmq.Context, endpoint: str, curve_client=None) -> zm
     return socket
 
 
+RELAY_QUEUE = 64        # messages queued for one relay peer before sends to it are dropped
+
+
+def bind_relay(context: zmq.Context, host: str, max_message_bytes: int) -> tuple[zmq.Socket, str]:
+    """A worker's relay ROUTER (SPEC.md 4.5) on a free port of host; returns it and its endpoint."""
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    try:
+        port = socket.bind_to_random_port(f"tcp://{host}")
+    except zmq.ZMQError as error:
+        socket.close(linger=0)
+        raise _endpoint_error("listen on", f"tcp://{host}:*", error) from None
+    return socket, f"tcp://{host}:{port}"
+
+
+def connect_relay(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A DEALER to another worker's relay: a send to a peer that is not connected, or that
+    stopped reading, fails at once (send_or_drop) instead of queueing without end."""
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.IMMEDIATE, 1)
+    socket.setsockopt(zmq.SNDHWM, RELAY_QUEUE)
+    socket.connect(endpoint)
+    return socket
+
+
+def local_address_toward(endpoint: str) -> str | None:
+    """The address this host uses to reach a tcp:// endpoint's host (no packet is sent): the
+    one other workers can reach it at, on the same network. None for other transports."""
+    import socket as pysocket
+    match = re.match(r"^tcp://\[?([^\]]+?)\]?:(\d+)$", endpoint)
+    if not match:
+        return None
+    try:
+        with pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM) as probe:
+            probe.connect((match.group(1), int(match.group(2))))
+            return probe.getsockname()[0]
+    except OSError:
+        return None
+
+
 def send(socket: zmq.Socket, message: Message, identity: bytes | None = None,
-         track: bool = False) -> zmq.MessageTracker | None:
+         track: bool = False, drop_if_busy: bool = False) -> zmq.MessageTracker | None:
     """Large arrays go zero-copy: the caller must not modify them until ZeroMQ is done with
     them. With track=True the returned tracker says when that is (its .done), so the caller
-    can reuse the arrays' memory instead of allocating (and page-faulting) new megabytes."""
+    can reuse the arrays' memory instead of allocating (and page-faulting) new megabytes.
+    drop_if_busy: a message that cannot be queued at once is dropped (zmq.Again is raised)."""
     frames = encode(message)
     tracker = None
     if track:
@@ -117,7 +161,7 @@ def send(socket: zmq.Socket, message: Message, identity: bytes | None = None,
         tracker = zmq.MessageTracker(*frames[2:])
     if identity is not None:
         frames = [identity, *frames]
-    socket.send_multipart(frames, copy=False)
+    socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK if drop_if_busy else 0)
     return tracker
 
 

@@ -114,15 +114,18 @@ def phases(save_dir: str, warmup: int) -> dict:
                "queued_s": last["computed"] - last["compute_s"] - last["waited_s"] - last["received"],
                "compute_s": last["compute_s"], "in_s": step["gathered"] - last["computed"],
                "update_s": line["update_s"], "chars_per_s": line["chars_per_s"],
-               "backups_won": line.get("backups_won", 0), "backups_wasted": line.get("backups_wasted", 0)}
+               "backups_won": line.get("backups_won", 0), "backups_wasted": line.get("backups_wasted", 0),
+               "relayed": line.get("relayed", 0)}
         row["idle_s"] = row["step_s"] - sum(row[k] for k in ("out_s", "queued_s", "compute_s", "in_s", "update_s"))
         rows.append(row)
     if not rows:
         raise SystemExit(f"error: no timed steps in {save_dir}; raise --steps")
-    figures = {key: statistics.median(r[key] for r in rows) for key in rows[0] if not key.startswith("backups")}
+    counts = ("backups_won", "backups_wasted", "relayed")
+    figures = {key: statistics.median(r[key] for r in rows) for key in rows[0] if key not in counts}
     figures["outside_math_share"] = 1 - figures["compute_s"] / figures["step_s"]
     figures["backups_won"] = sum(r["backups_won"] for r in rows)
     figures["backups_wasted"] = sum(r["backups_wasted"] for r in rows)
+    figures["relayed_steps"] = f"{sum(r['relayed'] for r in rows)}/{len(rows)}"
     return figures
 
 
@@ -210,7 +213,8 @@ def print_row(label: str, f: dict) -> None:
     print(f"{label:28s} {f['chars_per_s']:7,.0f} chars/s  step {ms('step_s')} ms = out {ms('out_s')} + queued "
           f"{ms('queued_s')} + compute {ms('compute_s')} + in {ms('in_s')} + update {ms('update_s')} + idle {ms('idle_s')}  "
           f"outside math {f['outside_math_share'] * 100:4.1f}%  coordinator link {link['out']:.1f} MB out "
-          f"{link['in']:.1f} MB in per step  backups won {f['backups_won']} wasted {f['backups_wasted']}  "
+          f"{link['in']:.1f} MB in per step  relayed {f['relayed_steps']}  backups won {f['backups_won']} "
+          f"wasted {f['backups_wasted']}  "
           f"params {f['params_digest']}"
           + (f"  model step {f['model_step_s'] * 1000:.0f} ms" if f.get("model_step_s") else ""), flush=True)
 

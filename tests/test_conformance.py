@@ -35,7 +35,7 @@ def zero_push(work: Message, dtype=None, **fields) -> Message:
 def zero_gradient(work: Message, pieces: list[Message], dtype=None) -> list[Message]:
     """A zero gradient, one `grad` per piece, top piece first as the project's worker sends them."""
     names = {k: work[k] for k in ("token", "step", "chunks")}
-    return [Message("grad", {**names, "piece": p["piece"]},
+    return [Message("grad", {**names, "piece": p["piece"], "prefix": False},
                     {"grad": np.zeros(p.arrays["params"].size, dtype or p.arrays["params"].dtype)})
             for p in reversed(pieces)]
 
@@ -72,7 +72,7 @@ def coordinator(corpus, tmp_path):
 
 
 def register(peer: Peer, name="spec-worker") -> Message:
-    peer.send(Message("register", {"name": name}))
+    peer.send(Message("register", {"name": name, "relay": ""}))
     return peer.expect("welcome")
 
 
@@ -217,10 +217,11 @@ def tiny_welcome(token: int, pieces=None, liveness_s: float = 5.0) -> Message:
 def tiny_work(token: int) -> list[Message]:
     names = {"token": token, "step": 0, "chunks": [0]}
     state = np.zeros((1, 1, 4), np.float32)
-    work = Message("work", {**names, "dropout": 0.0, "seed": 1, "wire": "<f4"},
+    work = Message("work", {**names, "dropout": 0.0, "seed": 1, "wire": "<f4", "params_to": "", "sum_from": False,
+                            "sum_to": ""},
                    {"h": state, "c": state, "inputs": np.zeros((1, 5), np.int32), "targets": np.ones((1, 5), np.int32)})
     size = tiny_welcome(token)["pieces"][0]
-    return [work, Message("params", {**names, "piece": 0}, {"params": np.full(size, 0.1, np.float32)})]
+    return [work, Message("params", {"step": 0, "piece": 0}, {"params": np.full(size, 0.1, np.float32)})]
 
 
 def test_a_worker_re_registers_only_for_a_reject_naming_its_current_token(hand_coordinator):

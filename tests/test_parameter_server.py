@@ -282,18 +282,24 @@ def test_a_worker_computes_while_its_parameters_arrive_and_sends_the_top_piece_f
     incoming, out, pieces = computer.incoming(), [], server.param_pieces()
     assert incoming.put(1, pieces[1]) is not None           # out of order: refused
     incoming.put(0, pieces[0])
+    copy = incoming.watch()                                  # a backup copy shares the parameters
+    copy.abort()
+    with pytest.raises(WorkAborted):                         # abandoned on its own...
+        computer.compute(work, copy, out.append)
+    out.clear()
 
     def late():                     # the second layer's piece arrives while the first computes
         time.sleep(0.2)
         incoming.put(1, pieces[1])
     feeder = threading.Thread(target=late)
     feeder.start()
-    computer.compute(work, incoming, out.append)
+    watch = incoming.watch()                                 # ...without the other computation
+    computer.compute(work, watch, out.append)
     feeder.join()
     assert [(m.cmd, m.fields.get("piece")) for m in out] == [("grad", 1), ("grad", 0), ("push", None)]
-    assert incoming.waited_s > 0.1 and out[-1]["compute_s"] < expected[-1]["compute_s"] + 0.1
+    assert watch.waited_s > 0.1 and out[-1]["compute_s"] < expected[-1]["compute_s"] + 0.1
     np.testing.assert_array_equal(whole_gradient(out), whole_gradient(expected))
-    abandoned = computer.incoming()
-    abandoned.abort()
+    ended = computer.incoming()
+    ended.abort()                                            # the step is over: every watch gives up
     with pytest.raises(WorkAborted):
-        computer.compute(work, abandoned, out.append)
+        computer.compute(work, ended.watch(), out.append)

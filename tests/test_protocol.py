@@ -20,7 +20,7 @@ def push(**changes):
 
 def grad(**changes):
     """Piece 1 (of sizes 4 and 6) of a gradient."""
-    fields = {"token": 7, "step": 3, "chunks": [1, 2], "piece": 1}
+    fields = {"token": 7, "step": 3, "chunks": [1, 2], "piece": 1, "prefix": False}
     arrays = {"grad": np.arange(6, dtype=np.float32)}
     fields.update(changes.pop("fields", {}))
     arrays.update(changes.pop("arrays", {}))
@@ -36,11 +36,13 @@ def header_frames(header, arrays=()):
 
 
 def test_round_trip_every_command():
-    work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3, "wire": "bf16"},
+    work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3, "wire": "bf16",
+                            "params_to": "tcp://10.0.0.2:4000", "sum_from": True, "sum_to": ""},
                    {"h": np.ones((2, 1, 3), np.float32), "c": np.ones((2, 1, 3), np.float32),
                     "inputs": np.zeros((1, 4), np.int32), "targets": np.ones((1, 4), np.int32)})
-    params = Message("params", {"token": 1, "step": 0, "chunks": [0], "piece": 0}, {"params": np.ones(4, np.uint16)})
-    messages = [push(), grad(), work, params, Message("register", {"name": "w"}), Message("heartbeat", {"token": 1}),
+    params = Message("params", {"step": 0, "piece": 0}, {"params": np.ones(4, np.uint16)})
+    messages = [push(), grad(), work, params, Message("register", {"name": "w", "relay": ""}),
+                Message("direct", {"step": 0, "chunks": [0]}), Message("heartbeat", {"token": 1}),
                 Message("bye", {"token": 1}), Message("pull"), Message("stop", {"reason": "done"}),
                 Message("welcome", {"token": 1, "config": {"a": 1}, "vocab": "ab", "heartbeat_s": 1.0,
                                     "liveness_s": 5, "names": ["w"], "shapes": [[10]], "pieces": [4, 6]}),
@@ -139,7 +141,7 @@ def test_tracked_send_says_when_the_arrays_may_be_reused(tmp_path):
         sender.bind(f"ipc://{tmp_path}/pair")
         receiver.connect(f"ipc://{tmp_path}/pair")
         grad = np.ones(4_000_000, np.float32)                 # larger than the socket buffers
-        piece = Message("grad", {"token": 1, "step": 0, "chunks": [0], "piece": 0}, {"grad": grad})
+        piece = Message("grad", {"token": 1, "step": 0, "chunks": [0], "piece": 0, "prefix": False}, {"grad": grad})
         tracker = send(sender, piece, track=True)
         assert not tracker.done                                # 16 MB cannot all be written yet
         assert poll([receiver], 10)
@@ -152,11 +154,15 @@ def test_tracked_send_says_when_the_arrays_may_be_reused(tmp_path):
 
 
 def test_field_types_as_the_spec_states_them():
-    register = lambda name: [bytes(f) for f in encode(Message("register", {"name": "x"}))][:1] + [
-        msgpack.packb({"cmd": "register", "arrays": [], "name": name})]
+    register = lambda name, relay="": [bytes(f) for f in encode(Message("register", {"name": "x", "relay": ""}))][:1] + [
+        msgpack.packb({"cmd": "register", "arrays": [], "name": name, "relay": relay})]
     assert decode(register("w" * 128))["name"] == "w" * 128
     with pytest.raises(ProtocolError, match="name"):
         decode(register("w" * 129))
+    assert decode(register("w", "tcp://10.1.2.3:40000"))["relay"] == "tcp://10.1.2.3:40000"
+    for bad in ("ipc:///tmp/x", "tcp://" + "h" * 300, 5):
+        with pytest.raises(ProtocolError, match="relay"):
+            decode(register("w", bad))
     assert decode(encode_unchecked(push(fields={"loss": 12, "compute_s": 0})), DIMS)["loss"] == 12
     for bad in (3.0, -1, True):
         with pytest.raises(ProtocolError, match="token"):

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ key folder (scripts/make_keys.py)")
     parser.add_argument("--key-name", default="worker",
                         help="use DIR/clients/NAME.key_secret (default: %(default)s)")
+    parser.add_argument("--no-relay", action="store_true",
+                        help="take no part in relay chains (other workers forward parameters to this one "
+                             "and add up gradients through it; never with --curve-keys)")
     parser.add_argument("--trace", metavar="FILE", help=argparse.SUPPRESS)   # scripts/netbench.py's timings
     return parser
 
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return Worker(args.connect, name=args.name, liveness_s=args.liveness, backoff_max_s=args.backoff_max,
-                  curve_client=curve, trace=args.trace).run()
+                  curve_client=curve, trace=args.trace, relaying=not args.no_relay).run()
 
 
 if __name__ == "__main__":

@@ -20,48 +20,72 @@ class WorkAborted(Exception):
 
 
 class IncomingParams:
-    """A work's parameter vector, filled piece by piece in order by the socket loop while the
-    compute thread waits for the piece it needs next."""
+    """A step's parameter vector, filled piece by piece in order by the socket loop while
+    compute threads wait for the piece they need next (each through its own watch())."""
 
     def __init__(self, pieces: list[tuple[int, int]], dtype, patience_s: float | None = None):
         self.pieces = pieces
         self.params = np.empty(pieces[-1][1], dtype)       # (P,)
         self.arrived = 0
+        self.raw: list[np.ndarray] = []     # the pieces as they travelled, for forwarding (SPEC.md 4.5)
         self.aborted = False
-        self.stalled = False        # no piece came for patience_s (None: forever): lost with a broken connection
-        self.patience_s = patience_s
-        self.waited_s = 0.0
+        self.patience_s = patience_s        # None: forever
         self.condition = threading.Condition()
 
     def put(self, piece: int, array: np.ndarray) -> str | None:
-        """Stores a piece (widened to the run's dtype); returns why not, if it cannot."""
+        """Stores a piece (widened to the run's dtype); one it has is ignored. Returns why not,
+        if it cannot."""
+        if piece < self.arrived:
+            return None
         if piece != self.arrived:
             return f"piece {piece} arrived when piece {self.arrived} was due"
         start, stop = self.pieces[piece]
         self.params[start:stop] = widen(array, self.params.dtype)
+        self.raw.append(array)
         with self.condition:
             self.arrived += 1
             self.condition.notify_all()
         return None
 
     def abort(self) -> None:
+        """Every watch gives up (the step is over, or the connection)."""
         with self.condition:
             self.aborted = True
             self.condition.notify_all()
 
+    def watch(self) -> "ParamsWatch":
+        return ParamsWatch(self)
+
+
+class ParamsWatch:
+    """One computation's wait for a step's parameters: abandoned on its own, without the others
+    that share them (a worker's own group and a backup copy of the same step)."""
+
+    def __init__(self, incoming: IncomingParams):
+        self.incoming = incoming
+        self.params = incoming.params
+        self.aborted = False
+        self.stalled = False        # no piece came for patience_s: lost with a broken connection
+        self.waited_s = 0.0
+
+    def abort(self) -> None:
+        with self.incoming.condition:
+            self.aborted = True
+            self.incoming.condition.notify_all()
+
     def await_piece(self, piece: int) -> None:
         """Returns once piece `piece` is in; raises WorkAborted if the work was abandoned, or
         no piece came for patience_s, first."""
-        started = time.perf_counter()
-        with self.condition:
-            while self.arrived <= piece and not self.aborted:
-                arrived = self.arrived
-                if not self.condition.wait(self.patience_s) and self.arrived == arrived:
+        incoming, started = self.incoming, time.perf_counter()
+        with incoming.condition:
+            while incoming.arrived <= piece and not (self.aborted or incoming.aborted):
+                arrived = incoming.arrived
+                if not incoming.condition.wait(incoming.patience_s) and incoming.arrived == arrived:
                     self.stalled = True
                     break
         self.waited_s += time.perf_counter() - started
-        if self.arrived <= piece:
-            raise WorkAborted(f"no parameter piece {piece} came for {self.patience_s:g}s" if self.stalled
+        if incoming.arrived <= piece:
+            raise WorkAborted(f"no parameter piece {piece} came for {incoming.patience_s:g}s" if self.stalled
                               else f"abandoned while waiting for parameter piece {piece}")
 
 
@@ -76,23 +100,29 @@ class WorkerCompute:
     def incoming(self, patience_s: float | None = None) -> IncomingParams:
         return IncomingParams(self.layout.pieces, self.dtype, patience_s)
 
-    def compute(self, work: Message, incoming: IncomingParams, emit, grad_out: np.ndarray | None = None) -> None:
+    def compute(self, work: Message, incoming: IncomingParams | ParamsWatch, emit,
+                grad_out: np.ndarray | None = None, timings: dict | None = None) -> None:
         """Computes a work as its parameters arrive in `incoming`, passing each gradient piece
         to emit() as a `grad` message as soon as it is final (top layer first), then the
         `push`. grad_out: a (P,) buffer to write the gradient into, or None for a fresh one;
-        the `grad` messages of the exact wire are views of it."""
+        the `grad` messages of the exact wire are views of it. timings, when given, gets
+        "waited_s", the time spent waiting for parameters, before the push is emitted."""
         wire = wire_dtype_of(work["wire"])
         names = {"token": work["token"], "step": work["step"], "chunks": work["chunks"]}
         grad = np.empty(self.layout.total, self.dtype) if grad_out is None else grad_out
 
         def layer_done(layer: int) -> None:     # a layer's gradient is its piece's (SPEC.md 4.4)
             start, stop = self.layout.pieces[layer]
-            emit(Message("grad", {**names, "piece": layer}, {"grad": narrow(grad[start:stop], wire)}))
+            emit(Message("grad", {**names, "piece": layer, "prefix": False},
+                         {"grad": narrow(grad[start:stop], wire)}))
 
+        watch = incoming.watch() if isinstance(incoming, IncomingParams) else incoming
         arrays = work.arrays
-        result = self.gradients.compute(incoming.params, work["step"], work["chunks"], arrays["inputs"],
+        result = self.gradients.compute(watch.params, work["step"], work["chunks"], arrays["inputs"],
                                         arrays["targets"], arrays["h"], arrays["c"], dropout=work["dropout"],
-                                        seed=work["seed"], out=grad, await_layer=incoming.await_piece,
+                                        seed=work["seed"], out=grad, await_layer=watch.await_piece,
                                         layer_done=layer_done)
-        emit(Message("push", {**names, "loss": result.loss, "compute_s": result.compute_s - incoming.waited_s},
+        if timings is not None:
+            timings["waited_s"] = watch.waited_s
+        emit(Message("push", {**names, "loss": result.loss, "compute_s": result.compute_s - watch.waited_s},
                      {"h": result.h, "c": result.c}))

@@ -1,0 +1,217 @@
+"""Relay chains (protocol/SPEC.md 4.5): the parameters forwarded along the workers, the
+gradients added up along them in chunk order. Plain objects first, then real processes."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import helpers
+from coordinator.server import ParameterServer
+from model.config import Config
+from model.corpus import make_corpus
+from model.run import summands
+from model.training import Contribution, new_state
+from model.wire import widen
+from protocol import Message
+from worker.chain import COORDINATOR, ChainSums
+from worker.compute import WorkerCompute
+
+
+def chain_server(workers=3, relays=True, **config_fields):
+    corpus, config = make_corpus(helpers.generated_text(4000),
+                                 Config(layers=2, hidden=8, chunks=7, seq_len=10, **config_fields))
+    server = ParameterServer(new_state(config, corpus), corpus, liveness_s=5.0)
+    tokens = [server.register(bytes([k]), f"w{k}", 0.0, f"tcp://10.0.0.{k}:4000" if relays else "")
+              for k in range(workers)]
+    return corpus, config, server, tokens
+
+
+def answers(server, items, computer):
+    """Every worker's own answer to its work: {group: (grad messages, push)}."""
+    out = {}
+    for item in items:
+        work = Message("work", server.work_fields(item), server.work_arrays(item))
+        incoming, messages = computer.incoming(), []
+        for piece, params in enumerate(server.param_pieces()):
+            incoming.put(piece, params)
+        computer.compute(work, incoming, messages.append)
+        out[item.group] = (work, messages[:-1], messages[-1])
+    return out
+
+
+def run_chain(server, items, computer, dtype):
+    """What the workers of a chain send the coordinator: each its push, the last its sums."""
+    answered = answers(server, items, computer)
+    sums = None
+    for group in sorted(answered):
+        work, grads, push = answered[group]
+        chain = ChainSums(work, dtype, None)
+        if sums is not None:
+            for message in sums:
+                assert chain.follows(message["chunks"])
+        sent = [out for message in grads for out in chain.own_piece(message["piece"], message.arrays["grad"])]
+        for message in sums or []:
+            sent += chain.sum_before(message["piece"], message.arrays["grad"])
+        assert all(m["prefix"] for _, m in sent) and len(sent) == len(grads)
+        sums = [m for _, m in sent]
+        last = [destination for destination, _ in sent]
+    assert set(last) == {COORDINATOR}
+    return answered, sums
+
+
+def test_a_chain_plan_links_the_groups_in_ascending_order():
+    _, _, server, tokens = chain_server()
+    items = server.start_step()
+    chain = server.in_flight.chain
+    assert chain is not None and chain.groups == sorted(chain.groups)
+    fields = [server.work_fields(item) for item in sorted(items, key=lambda i: i.group)]
+    assert [(f["params_to"], f["sum_from"], f["sum_to"]) for f in fields] == [
+        ("tcp://10.0.0.1:4000", False, "tcp://10.0.0.1:4000"),
+        ("tcp://10.0.0.2:4000", True, "tcp://10.0.0.2:4000"), ("", True, "")]
+    assert [server.sends_params(item) for item in sorted(items, key=lambda i: i.group)] == [True, False, False]
+    _, _, no_relay, _ = chain_server(relays=False)
+    no_relay.start_step()
+    assert no_relay.in_flight.chain is None
+
+
+@pytest.mark.parametrize("dtype, wire", [("float32", "exact"), ("float64", "exact"), ("float32", "bfloat16")])
+def test_the_chain_s_sum_is_bit_for_bit_the_coordinator_s(dtype, wire):
+    _, config, server, tokens = chain_server(dtype=dtype, wire_dtype=wire)
+    computer = WorkerCompute(config.to_dict(), server.state.vocab)
+    items = server.start_step()
+    answered, sums = run_chain(server, items, computer, np.dtype(dtype))
+    last_token = server.in_flight.chain.tokens[-1]
+    for item in items:
+        _, _, push = answered[item.group]
+        status, _ = server.accept_push(item.token, 0, item.group,
+                                       Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0), 1.0)
+        assert status == "accepted"          # a chained push needs no gradient of its own
+    assert not server.in_flight.complete
+    for message in sums:
+        assert server.accept_piece(last_token, 0, tuple(message["chunks"]), message["piece"],
+                                   message.arrays["grad"], prefix=True)
+    assert server.in_flight.complete
+    chained = server.collect()
+    direct = {}                              # the same gradients, each sent on its own
+    for group, (_, grads, _) in answered.items():
+        direct[group] = np.concatenate([widen(m.arrays["grad"], dtype) for m in sorted(grads, key=lambda m: m["piece"])])
+    groups = sorted(chained)
+    expected = direct[groups[0]].copy()
+    for group in groups[1:]:
+        expected += direct[group]            # the coordinator's own order: ascending chunks
+    (total,) = summands(chained, groups)
+    assert total.dtype == np.dtype(dtype) and np.array_equal(total, expected)
+
+
+def test_a_chain_is_abandoned_when_a_member_dies_and_the_step_still_completes():
+    _, config, server, tokens = chain_server()
+    computer = WorkerCompute(config.to_dict(), server.state.vocab)
+    items = sorted(server.start_step(), key=lambda i: i.group)
+    answered = answers(server, items, computer)
+    first, middle, last = items
+    _, _, push = answered[first.group]
+    server.accept_push(first.token, 0, first.group,
+                       Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0), 1.0)
+    moved = server.drop(middle.token)                        # dies before its push
+    orders = server.take_chain_orders()
+    assert ("direct", first.token, first.group) in orders and ("params", last.token) in orders
+    assert [(m.token, m.group) for m in moved] and not server.in_flight.chain.active
+    assert server.work_fields(moved[0])["sum_to"] == "" and server.sends_params(moved[0])
+    for message in answered[first.group][1]:                 # the direct gradient, after its push
+        assert server.accept_piece(first.token, 0, first.group, message["piece"], message.arrays["grad"])
+    for item in (moved[0], last):
+        _, grads, push = answered[item.group]
+        for message in grads:
+            server.accept_piece(item.token, 0, item.group, message["piece"], message.arrays["grad"])
+        assert server.accept_push(item.token, 0, item.group,
+                                  Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0),
+                                  1.0)[0] == "accepted"
+    assert server.in_flight.complete and all(c.grad is not None for c in server.collect().values())
+
+
+def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without_one():
+    _, config, server, tokens = chain_server(2)
+
+    def finish_step():
+        for group, token in list(server.in_flight.owner.items()):
+            server.accept_push(token, server.state.step, group, Contribution(0.0, np.zeros(1), None, None, 0.0), 0.5)
+        server.collect()
+        server.state.step += 1
+    for item in server.start_step():
+        server.dispatched(item, 0.0)
+    for group, token in list(server.in_flight.owner.items()):
+        server.accept_push(token, 0, group, Contribution(0.0, np.zeros(1), None, None, 0.0), 0.5)
+    server.check_chain(1.0)
+    assert server.in_flight.chain.active                     # within the grace
+    server.check_chain(2.0)
+    assert not server.in_flight.chain.active and len(server.take_chain_orders()) == 2
+    server.collect()
+    server.state.step += 1
+    for pause in (2, 4):                                     # while chains keep breaking: longer pauses
+        chains = []
+        while not chains or not chains[-1]:
+            server.start_step()
+            chains.append(server.in_flight.chain is not None)
+            if chains[-1]:
+                server.abandon_chain()                       # and it breaks again
+            finish_step()
+        assert chains == [False] * pause + [True]
+
+
+def test_only_a_chain_s_sum_may_stand_for_other_groups():
+    grad = np.ones(3)
+    with_sum = {(0,): Contribution(0, None, None, None, 0), (1,): Contribution(0, grad, None, None, 0)}
+    assert summands(with_sum, [(0,), (1,)]) == [grad]
+    broken = {(0,): Contribution(0, grad, None, None, 0), (1,): Contribution(0, None, None, None, 0)}
+    with pytest.raises(RuntimeError, match="incomplete"):
+        summands(broken, [(0,), (1,)])
+
+
+def test_a_direct_order_sends_every_own_piece_to_the_coordinator_once():
+    work = Message("work", {"token": 1, "step": 0, "chunks": [3, 4], "dropout": 0.0, "seed": 1, "wire": "<f4",
+                            "params_to": "", "sum_from": True, "sum_to": "tcp://10.0.0.9:1"}, {})
+    chain = ChainSums(work, np.float32, None)
+    assert chain.own_piece(1, np.ones(2, np.float32)) == []          # waits for the sum before it
+    assert chain.follows([1, 2]) and not chain.follows([0, 1])
+    direct = chain.go_direct()
+    assert [(d, m["piece"], m["prefix"]) for d, m in direct] == [(COORDINATOR, 1, False)]
+    assert chain.sum_before(1, np.ones(2, np.float32)) == [] and chain.go_direct() == []
+    assert [(d, m["prefix"]) for d, m in chain.own_piece(0, np.ones(2, np.float32))] == [(COORDINATOR, False)]
+
+
+@pytest.mark.timeout(240)
+def test_three_workers_relay_and_end_on_the_bits_of_workers_that_do_not(corpus, tmp_path):
+    """Real processes on loopback: every step relayed, the model identical to a run whose
+    workers send everything to the coordinator themselves; then a chain member is killed in
+    the middle of the run and the result still equals the undisturbed one."""
+    relayed, direct = str(tmp_path / "relayed"), str(tmp_path / "direct")
+    for save_dir, flags in ((relayed, ()), (direct, ("--no-relay",))):
+        coordinator, endpoint = helpers.start_coordinator(corpus, save_dir, 6, "--chunks", "7", workers=3)
+        pool = [helpers.spawn("worker", "--connect", endpoint, *flags,
+                              log_path=os.path.join(save_dir, f"worker{k}.log")) for k in range(3)]
+        try:
+            assert coordinator.wait(120) == 0
+        finally:
+            helpers.stop_all(coordinator, *pool)
+    # the first steps may go without: a worker's first computation is slow, a late group ends a
+    # chain (the tiny model computes in milliseconds), and the next 2 steps go without one
+    assert [m["relayed"] for m in helpers.metrics(relayed)][3:] == [1] * 3
+    assert [m["relayed"] for m in helpers.metrics(direct)] == [0] * 6
+    assert np.array_equal(helpers.params_of(relayed), helpers.params_of(direct))
+
+    killed = str(tmp_path / "killed")
+    coordinator, endpoint = helpers.start_coordinator(corpus, killed, 40, "--chunks", "7", workers=3)
+    pool = [helpers.spawn("worker", "--connect", endpoint, log_path=os.path.join(killed, f"worker{k}.log"))
+            for k in range(3)]
+    try:
+        helpers.wait_for(lambda: any(m["relayed"] for m in helpers.metrics(killed)), 60, "a relayed step")
+        pool[1].send_signal(signal.SIGKILL)                 # a chain member, maybe in the middle of a step
+        assert coordinator.wait(120) == 0
+    finally:
+        helpers.stop_all(coordinator, *pool)
+    lines = helpers.metrics(killed)
+    assert lines[-1]["workers"] == 2 and lines[-1]["relayed"] == 1
+    reference = str(tmp_path / "reference")
+    helpers.train(corpus, reference, "--steps", 40, "--chunks", "7", "--workers", 0)
+    assert helpers.relative(helpers.params_of(killed), helpers.params_of(reference)) < 1e-10
