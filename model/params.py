@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The most elements in one piece of the vector on the wire (1 MiB of float32): small enough that
+# a relay chain forwards a piece while the next arrives, large enough to keep messages few.
+PIECE_ELEMENTS = 1 << 18
+
 
 @dataclass(frozen=True)
 class ParamLayout:
@@ -36,12 +40,29 @@ class ParamLayout:
         return sum(self.sizes)
 
     @property
-    def pieces(self) -> list[tuple[int, int]]:
-        """(start, stop) of each layer's parameters in the flat vector, the head's in the last
-        layer's piece: the unit in which parameters stream out (a layer can start computing
-        once its piece is in) and gradients stream back (backward finishes the top one first)."""
+    def layer_spans(self) -> list[tuple[int, int]]:
+        """(start, stop) of each layer's parameters in the flat vector, the head's with the top
+        layer's: a layer can compute once its span is in, and backward finishes the top first."""
         starts = [offset for name, offset in zip(self.names, self.offsets) if name.endswith(".W_x")]
         return list(zip(starts, starts[1:] + [self.total]))
+
+    @property
+    def pieces(self) -> list[tuple[int, int]]:
+        """(start, stop) of each piece the vector travels in: every layer span cut into nearly
+        equal parts of at most PIECE_ELEMENTS, in order."""
+        pieces = []
+        for start, stop in self.layer_spans:
+            parts = -(-(stop - start) // PIECE_ELEMENTS)
+            bounds = [start + (stop - start) * k // parts for k in range(parts + 1)]
+            pieces += list(zip(bounds, bounds[1:]))
+        return pieces
+
+    def layer_pieces(self, layer: int) -> range:
+        """The indices of the pieces that make up a layer's span."""
+        start, stop = self.layer_spans[layer]
+        first = next(k for k, piece in enumerate(self.pieces) if piece[0] == start)
+        last = next(k for k, piece in enumerate(self.pieces) if piece[1] == stop)
+        return range(first, last + 1)
 
     @property
     def offsets(self) -> list[int]:

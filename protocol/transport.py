@@ -106,7 +106,7 @@ def connect_dealer(context: zmq.Context, endpoint: str, curve_client=None) -> zm
     return socket
 
 
-RELAY_QUEUE = 64        # messages queued for one relay peer before sends to it are dropped
+RELAY_QUEUE = 32        # messages queued for one relay peer (a step's pieces) before sends to it are dropped
 
 
 def bind_relay(context: zmq.Context, host: str, max_message_bytes: int) -> tuple[zmq.Socket, str]:
@@ -123,11 +123,11 @@ def bind_relay(context: zmq.Context, host: str, max_message_bytes: int) -> tuple
 
 
 def connect_relay(context: zmq.Context, endpoint: str) -> zmq.Socket:
-    """A DEALER to another worker's relay: a send to a peer that is not connected, or that
-    stopped reading, fails at once (send_or_drop) instead of queueing without end."""
+    """A DEALER to another worker's relay: messages queue while it connects, but a peer that
+    does not take them fills a short queue, and then sends to it fail at once
+    (send(drop_if_busy=True)) instead of queueing without end."""
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.IMMEDIATE, 1)
     socket.setsockopt(zmq.SNDHWM, RELAY_QUEUE)
     socket.connect(endpoint)
     return socket

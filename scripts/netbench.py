@@ -70,7 +70,7 @@ def run_configuration(rates: list[str], args, model_flags: list[str]) -> dict:
         steps = args.warmup + args.steps
         figures["coordinator_link_mb_per_step"] = {"in": (after[0] - before[0]) / steps / 1e6,
                                                    "out": (after[1] - before[1]) / steps / 1e6}
-        figures["params_digest"], figures["layer0_share"] = params_digest(save_dir)
+        figures["params_digest"], figures["layer0_share"], figures["pieces"] = params_digest(save_dir)
         return figures
 
 
@@ -129,12 +129,14 @@ def phases(save_dir: str, warmup: int) -> dict:
     return figures
 
 
-def params_digest(save_dir: str) -> tuple[str, float]:
-    """A digest of the final parameters, and layer 0's share of them (its piece, for the model)."""
+def params_digest(save_dir: str) -> tuple[str, float, int]:
+    """A digest of the final parameters; for the model, layer 0's share of them and the
+    number of pieces they travel in."""
     from model.checkpoint import load_state
     state = load_state(os.path.join(save_dir, "checkpoint.npz"))
-    start, stop = state.layout.pieces[0]
-    return hashlib.sha256(state.params.tobytes()).hexdigest()[:12], (stop - start) / state.layout.total
+    start, stop = state.layout.layer_spans[0]
+    return (hashlib.sha256(state.params.tobytes()).hexdigest()[:12], (stop - start) / state.layout.total,
+            len(state.layout.pieces))
 
 
 def predicted(rate: str, workers: int, figures: dict, unshaped: dict | None) -> float | None:
@@ -142,9 +144,11 @@ def predicted(rate: str, workers: int, figures: dict, unshaped: dict | None) -> 
     unshaped with as many workers (the shaped run's own compute includes the transfers' cost)."""
     if rate == "none" or unshaped is None:
         return None
-    wire_bytes = figures["coordinator_link_mb_per_step"]["out"] * 1e6 / workers
+    relayed, timed = figures["relayed_steps"].split("/")
+    chain = workers > 1 and relayed == timed          # else every copy went through the coordinator
+    wire_bytes = figures["coordinator_link_mb_per_step"]["out"] * 1e6 / (1 if chain else workers)
     return model_step_s(workers, bytes_per_s(rate), wire_bytes, unshaped["compute_s"], unshaped["update_s"],
-                        figures["layer0_share"])
+                        figures["layer0_share"], wire_bytes / figures["pieces"] if chain else None)
 
 
 def configurations(args) -> list[tuple[str, list[str]]]:

@@ -41,4 +41,9 @@ def test_the_scaling_model_charges_only_the_traffic_compute_cannot_hide():
     # layer 0's backward pass; layer 0's gradient pieces go after compute
     first, last = 2 * 0.357 * 13.5e6 / 125e6, 2 * 13.5e6 / 125e6
     assert step_s(2, 125e6, 13.5e6, 0.7, 0.015, 0.357) == pytest.approx(last + 0.7 - 0.17 * 0.7 + first + 0.015)
+    # a relay chain: one copy per link, plus a piece's time per hop after the first
+    piece = 1e6
+    first, last = (0.357 * 13.5e6 + piece) / 125e6, (13.5e6 + piece) / 125e6
+    assert step_s(2, 125e6, 13.5e6, 0.7, 0.015, 0.357, piece) == pytest.approx(
+        max(first + 0.17 * 0.7, last) + 0.7 - 0.17 * 0.7 + first + 0.015)
     assert _netlab.bytes_per_s("1gbit") == 125e6 and _netlab.bytes_per_s("100mbit") == 12.5e6

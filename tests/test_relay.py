@@ -73,6 +73,10 @@ def test_a_chain_plan_links_the_groups_in_ascending_order():
     _, _, no_relay, _ = chain_server(relays=False)
     no_relay.start_step()
     assert no_relay.in_flight.chain is None
+    corpus, config, curve, _ = chain_server()
+    curve.relaying = False                  # a coordinator with CurveZMQ keys (SPEC.md 4.5)
+    curve.start_step()
+    assert curve.in_flight.chain is None
 
 
 @pytest.mark.parametrize("dtype, wire", [("float32", "exact"), ("float64", "exact"), ("float32", "bfloat16")])

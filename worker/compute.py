@@ -111,16 +111,20 @@ class WorkerCompute:
         names = {"token": work["token"], "step": work["step"], "chunks": work["chunks"]}
         grad = np.empty(self.layout.total, self.dtype) if grad_out is None else grad_out
 
-        def layer_done(layer: int) -> None:     # a layer's gradient is its piece's (SPEC.md 4.4)
-            start, stop = self.layout.pieces[layer]
-            emit(Message("grad", {**names, "piece": layer, "prefix": False},
-                         {"grad": narrow(grad[start:stop], wire)}))
+        def await_layer(layer: int) -> None:
+            watch.await_piece(self.layout.layer_pieces(layer)[-1])
+
+        def layer_done(layer: int) -> None:     # its pieces are final (SPEC.md 4.4)
+            for piece in self.layout.layer_pieces(layer):
+                start, stop = self.layout.pieces[piece]
+                emit(Message("grad", {**names, "piece": piece, "prefix": False},
+                             {"grad": narrow(grad[start:stop], wire)}))
 
         watch = incoming.watch() if isinstance(incoming, IncomingParams) else incoming
         arrays = work.arrays
         result = self.gradients.compute(watch.params, work["step"], work["chunks"], arrays["inputs"],
                                         arrays["targets"], arrays["h"], arrays["c"], dropout=work["dropout"],
-                                        seed=work["seed"], out=grad, await_layer=watch.await_piece,
+                                        seed=work["seed"], out=grad, await_layer=await_layer,
                                         layer_done=layer_done)
         if timings is not None:
             timings["waited_s"] = watch.waited_s

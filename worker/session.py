@@ -169,6 +169,7 @@ class Session:
         if work["params_to"]:
             self.forwarding[work["step"]] = [work["params_to"], 0]
             self.forward(work["step"])
+        self.close_idle_peers()
 
     def take_params(self, message: Message) -> None:
         step = message["step"]
@@ -198,6 +199,12 @@ class Session:
         for key in [k for k in self.chains if stale(k) and k not in self.jobs]:
             chain = self.chains.pop(key)
             self.worker.grad_buffers.retire(chain.grad_out, chain.trackers)
+
+    def close_idle_peers(self) -> None:
+        """Relay connections no work of this step uses go, with whatever they still queued."""
+        wanted = {c.sum_to for c in self.chains.values()} | {target[0] for target in self.forwarding.values()}
+        for endpoint in [e for e in self.peers if e not in wanted]:
+            self.peers.pop(endpoint).close(linger=0)
 
     # from the compute thread ----------------------------------------------------------------
     def drain_outbox(self, now: float) -> None:
