@@ -6,8 +6,6 @@ The socket loop in service.py feeds it events and sends what it returns.
 """
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
 import itertools
 import statistics
 
@@ -19,6 +17,7 @@ from model.wire import WIRE_TAGS, narrow
 from protocol import LIVENESS_S
 from .chain import NO_LINKS, RelayChain
 from .pieces import GradientPieces
+from .step import BackupCounts, StepInFlight, WorkerRecord, WorkItem, partition
 
 # Backup copies (SPEC.md 5.6): a group still out is copied to an idle worker when its owner
 # usually takes longer than the copy would (a slow host), or when it is LATE_FACTOR times past
@@ -28,82 +27,11 @@ BACKUP_FLOOR_S = 0.1
 LATE_FACTOR = 2.0
 LOSSES_BEFORE_BYPASS = 3    # an owner whose groups copies won this often in a row gets no work...
 PROBE_EVERY = 4             # ...except every 4th step, to show whether it is still slow
-WALLS_KEPT = 8              # per worker: seconds per chunk, work sent to push received
 RECENT_STEPS = 4            # finished steps whose late pushes are still answered `duplicate`
 CHAIN_PAUSE_MAX = 256       # steps without a relay chain after chains broke again and again
-
-
-@dataclass
-class WorkerRecord:
-    token: int
-    identity: bytes
-    name: str
-    last_heard: float
-    last_sent: float = 0.0
-    relay: str = ""             # where it accepts relayed messages (SPEC.md 4.5); "" for nowhere
-    refused_in_a_row: int = 0
-    lost_in_a_row: int = 0      # own groups whose copy was accepted first
-    walls_per_chunk: deque = field(default_factory=lambda: deque(maxlen=WALLS_KEPT))
-
-    def usual_per_chunk(self) -> float | None:
-        return statistics.median(self.walls_per_chunk) if self.walls_per_chunk else None
-
-
-@dataclass
-class StepInFlight:
-    step: int
-    owner: dict[tuple[int, ...], int]                      # chunk group -> token computing it
-    received: dict[tuple[int, ...], Contribution] = field(default_factory=dict)
-    accepted_from: dict[tuple[int, ...], int] = field(default_factory=dict)
-    backup: dict[tuple[int, ...], int] = field(default_factory=dict)   # group -> token with a copy
-    bypassed: set[tuple[int, ...]] = field(default_factory=set)        # copied instead of sent to its owner
-    chain: RelayChain | None = None
-
-    @property
-    def complete(self) -> bool:
-        """Every group's push is in, and every gradient: each its own, or the chain's sum."""
-        return len(self.received) == len(self.owner) and (
-            all(c.grad is not None for c in self.received.values())
-            or (self.chain is not None and self.chain.total is not None))
-
-    def chained(self, group: tuple[int, ...]) -> bool:
-        """Whether the group was in the step's chain: its push may come without a gradient."""
-        return self.chain is not None and group in self.chain.groups
-
-    def copies(self, group: tuple[int, ...]) -> tuple[int, ...]:
-        return (self.owner[group],) + ((self.backup[group],) if group in self.backup else ())
-
-    def outstanding(self) -> list[tuple[int, ...]]:
-        return [g for g in self.owner if g not in self.received]
-
-
-@dataclass
-class BackupCounts:
-    issued: int = 0
-    won: int = 0            # the copy's push arrived first
-
-    @property
-    def wasted(self) -> int:
-        return self.issued - self.won
-
-
-@dataclass
-class WorkItem:
-    token: int
-    step: int
-    group: tuple[int, ...]          # the chunk ids, ascending
-
-
-def partition(chunks: int, parts: int) -> list[tuple[int, ...]]:
-    """Contiguous groups whose sizes differ by at most one; depends only on the counts."""
-    parts = min(parts, chunks)
-    base, extra = divmod(chunks, parts)
-    groups, start = [], 0
-    for k in range(parts):
-        size = base + (1 if k < extra else 0)
-        groups.append(tuple(range(start, start + size)))
-        start += size
-    return groups
+CHAIN_PROBE_EVERY = 32      # every 32nd step goes without a chain: each worker's own link is timed
+SLOW_LINK_FACTOR = 3.0      # a worker whose link costs this much more than most workers' (and
+SLOW_LINK_MARGIN_S = 0.1    # this much more in seconds) stays off chains: it would slow them all
 
 
 class ParameterServer:
@@ -214,14 +142,14 @@ class ParameterServer:
         bit of the result, stays the same)."""
         if self.in_flight is not None or not self.workers:
             return []
-        tokens, step = sorted(self.workers), self.state.step
+        step = self.state.step
+        chained = self._chainable(step)         # which worker holds which group changes no bit:
+        tokens = chained + [t for t in sorted(self.workers) if t not in chained]   # a chain is a prefix
         groups = partition(self.state.config.chunks, len(tokens))
         self.in_flight = flight = StepInFlight(step, dict(zip(groups, tokens)))
         pieces = self.gradient_pieces
-        if (self.relaying and step >= self.chains_from_step
-                and all(self.workers[t].lost_in_a_row < LOSSES_BEFORE_BYPASS for t in tokens)):
-            flight.chain = RelayChain.plan(step, list(zip(groups, tokens)),
-                                           {t: self.workers[t].relay for t in tokens}, pieces.pieces, pieces.dtype)
+        flight.chain = RelayChain.plan(step, list(zip(groups, chained)), {t: self.workers[t].relay for t in chained},
+                                       pieces.pieces, pieces.dtype)
         steady = [t for t in tokens if self.workers[t].lost_in_a_row < LOSSES_BEFORE_BYPASS]
         own, copies = [], []
         for group, token in zip(groups, tokens):
@@ -235,6 +163,19 @@ class ParameterServer:
             self.step_backups.issued += 1
             copies.append(WorkItem(copy, step, group))
         return own + copies
+
+    def _chainable(self, step: int) -> list[int]:
+        """The workers that join this step's relay chain (SPEC.md 4.5), in token order: those
+        that offer a relay, are steady, and whose own link was timed and is not slow."""
+        if not self.relaying or step < self.chains_from_step or step % CHAIN_PROBE_EVERY == 0:
+            return []
+        usual = {t: statistics.median(w.overheads) for t, w in self.workers.items() if w.overheads}
+        if not usual:
+            return []
+        most = statistics.median(usual.values())
+        return [t for t, worker in sorted(self.workers.items())
+                if worker.relay and worker.lost_in_a_row < LOSSES_BEFORE_BYPASS and t in usual
+                and usual[t] <= max(SLOW_LINK_FACTOR * most, most + SLOW_LINK_MARGIN_S)]
 
     def work_fields(self, item: WorkItem) -> dict:
         """The `work` header: what to compute, and what determines its dropout masks."""
@@ -276,7 +217,10 @@ class ParameterServer:
             return "stale", "unknown or expired token"
         key, flight = (token, step, group), self.in_flight
         if self.sent_at.get(key) is not None and now is not None:
-            self.workers[token].walls_per_chunk.append((now - self.sent_at[key]) / len(group))
+            wall = now - self.sent_at[key]
+            self.workers[token].walls_per_chunk.append(wall / len(group))
+            if flight is not None and step == flight.step and not flight.chained(group):
+                self.workers[token].overheads.append(max(0.0, wall - contribution.compute_s))
             self.sent_at[key] = None
         if flight is not None and step == flight.step and group in flight.owner and token in flight.copies(group):
             if group in flight.received:

@@ -90,12 +90,14 @@ class InProcessSource:
 
 def summands(contributions: dict[tuple[int, ...], Contribution], groups: list) -> list[np.ndarray]:
     """The gradients to add, in ascending chunk order. A relay chain's sum (SPEC.md 4.5) comes
-    as the last group's gradient with every earlier group's left out: it already holds them,
-    added in this same order."""
+    as the gradient of the chain's last group with every earlier group's left out: it already
+    holds them, added in this same order."""
     grads = [contributions[g].grad for g in groups]
-    if any(g is None for g in grads) and (grads[-1] is None or any(g is not None for g in grads[:-1])):
-        raise RuntimeError("a step's gradients are incomplete: only a relay chain's sum may stand for others")
-    return [g for g in grads if g is not None]
+    given = [k for k, grad in enumerate(grads) if grad is not None]
+    if not given or len(given) != len(grads) - given[0]:
+        raise RuntimeError("a step's gradients are incomplete: only a relay chain's sum may stand for the "
+                           "groups before it")
+    return grads[given[0]:]
 
 
 def apply_step(state: TrainState, optimizer: RMSprop, contributions: dict[tuple[int, ...], Contribution],

@@ -24,6 +24,9 @@ def chain_server(workers=3, relays=True, **config_fields):
     server = ParameterServer(new_state(config, corpus), corpus, liveness_s=5.0)
     tokens = [server.register(bytes([k]), f"w{k}", 0.0, f"tcp://10.0.0.{k}:4000" if relays else "")
               for k in range(workers)]
+    for token in tokens:                    # each worker's own link timed on an earlier step
+        server.workers[token].overheads.append(0.02)
+    server.state.step = 1                   # step 0 (like every 32nd) goes without a chain
     return corpus, config, server, tokens
 
 
@@ -88,12 +91,12 @@ def test_the_chain_s_sum_is_bit_for_bit_the_coordinator_s(dtype, wire):
     last_token = server.in_flight.chain.tokens[-1]
     for item in items:
         _, _, push = answered[item.group]
-        status, _ = server.accept_push(item.token, 0, item.group,
+        status, _ = server.accept_push(item.token, 1, item.group,
                                        Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0), 1.0)
         assert status == "accepted"          # a chained push needs no gradient of its own
     assert not server.in_flight.complete
     for message in sums:
-        assert server.accept_piece(last_token, 0, tuple(message["chunks"]), message["piece"],
+        assert server.accept_piece(last_token, 1, tuple(message["chunks"]), message["piece"],
                                    message.arrays["grad"], prefix=True)
     assert server.in_flight.complete
     chained = server.collect()
@@ -115,7 +118,7 @@ def test_a_chain_is_abandoned_when_a_member_dies_and_the_step_still_completes():
     answered = answers(server, items, computer)
     first, middle, last = items
     _, _, push = answered[first.group]
-    server.accept_push(first.token, 0, first.group,
+    server.accept_push(first.token, 1, first.group,
                        Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0), 1.0)
     moved = server.drop(middle.token)                        # dies before its push
     orders = server.take_chain_orders()
@@ -123,12 +126,12 @@ def test_a_chain_is_abandoned_when_a_member_dies_and_the_step_still_completes():
     assert [(m.token, m.group) for m in moved] and not server.in_flight.chain.active
     assert server.work_fields(moved[0])["sum_to"] == "" and server.sends_params(moved[0])
     for message in answered[first.group][1]:                 # the direct gradient, after its push
-        assert server.accept_piece(first.token, 0, first.group, message["piece"], message.arrays["grad"])
+        assert server.accept_piece(first.token, 1, first.group, message["piece"], message.arrays["grad"])
     for item in (moved[0], last):
         _, grads, push = answered[item.group]
         for message in grads:
-            server.accept_piece(item.token, 0, item.group, message["piece"], message.arrays["grad"])
-        assert server.accept_push(item.token, 0, item.group,
+            server.accept_piece(item.token, 1, item.group, message["piece"], message.arrays["grad"])
+        assert server.accept_push(item.token, 1, item.group,
                                   Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0),
                                   1.0)[0] == "accepted"
     assert server.in_flight.complete and all(c.grad is not None for c in server.collect().values())
@@ -145,7 +148,7 @@ def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without
     for item in server.start_step():
         server.dispatched(item, 0.0)
     for group, token in list(server.in_flight.owner.items()):
-        server.accept_push(token, 0, group, Contribution(0.0, np.zeros(1), None, None, 0.0), 0.5)
+        server.accept_push(token, 1, group, Contribution(0.0, np.zeros(1), None, None, 0.0), 0.5)
     server.check_chain(1.0)
     assert server.in_flight.chain.active                     # within the grace
     server.check_chain(2.0)
@@ -219,3 +222,33 @@ def test_three_workers_relay_and_end_on_the_bits_of_workers_that_do_not(corpus, 
     reference = str(tmp_path / "reference")
     helpers.train(corpus, reference, "--steps", 40, "--chunks", "7", "--workers", 0)
     assert helpers.relative(helpers.params_of(killed), helpers.params_of(reference)) < 1e-10
+
+
+def test_a_worker_on_a_slow_link_stays_off_the_chain_and_the_sum_stays_exact():
+    _, config, server, tokens = chain_server()
+    slow = tokens[0]
+    server.workers[slow].overheads[0] = 2.0           # its own link costs it 2 s a step
+    computer = WorkerCompute(config.to_dict(), server.state.vocab)
+    items = sorted(server.start_step(), key=lambda i: i.group)
+    chain = server.in_flight.chain
+    assert chain.tokens == tokens[1:] and items[-1].token == slow    # the chain is the first groups'
+    assert server.work_fields(items[-1])["sum_to"] == "" and server.sends_params(items[-1])
+    answered, sums = run_chain(server, items[:-1], computer, np.dtype(np.float32))
+    for message in sums:
+        server.accept_piece(chain.tokens[-1], 1, tuple(message["chunks"]), message["piece"],
+                            message.arrays["grad"], prefix=True)
+    answered.update(answers(server, items[-1:], computer))
+    for message in answered[items[-1].group][1]:
+        server.accept_piece(slow, 1, items[-1].group, message["piece"], message.arrays["grad"])
+    for item in items:
+        push = answered[item.group][2]
+        assert server.accept_push(item.token, 1, item.group, Contribution(
+            push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0), 1.0)[0] == "accepted"
+    contributions = server.collect()
+    own = {g: np.concatenate([m.arrays["grad"] for m in sorted(a[1], key=lambda m: m["piece"])])
+           for g, a in answered.items()}
+    groups = sorted(contributions)
+    expected = own[groups[0]] + own[groups[1]]
+    expected += own[groups[2]]
+    total = summands(contributions, groups)
+    assert len(total) == 2 and np.array_equal(total[0] + total[1], expected)
