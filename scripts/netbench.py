@@ -7,9 +7,10 @@ namespace, every link shaped, the default model trained for a few steps per conf
 Reports, per configuration, chars/s and the phases of a step along its critical path (the
 group whose result came last): parameters out (work sent -> arrived, plus the time computing
 waited for parameter pieces still on the way), queued (behind other work on that worker),
-compute, gradients in (last piece and push ready -> received), update (the optimizer), idle (the rest); the bytes per step on the
-coordinator's link; backup copies; and a digest of the final parameters, so that runs that
-must agree bit for bit can be seen to. Root is needed (network namespaces); the lab is torn
+compute, gradients in (last piece and push ready -> received), update (the optimizer), idle
+(the rest); the bytes per step on the coordinator's link; how many timed steps were relayed;
+backup copies; a digest of the final parameters, so that runs that must agree bit for bit can
+be seen to; and the scaling model's step (scripts/_netmodel.py). Root is needed (network namespaces); the lab is torn
 down on every exit, Ctrl-C included."""
 from __future__ import annotations
 
