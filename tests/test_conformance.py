@@ -275,3 +275,38 @@ def test_a_work_whose_parameters_stop_coming_is_dropped_and_the_worker_registers
     for message in tiny_work(8):
         answer(identity, message)
     assert next_command()[1].cmd == "grad" and next_command()[1].cmd == "push"
+
+
+def test_a_chain_sum_that_arrives_before_its_work_is_kept_for_it(hand_coordinator):
+    """SPEC.md 4.5: the worker before it in a chain may be faster than the coordinator's `work`."""
+    import zmq
+    from worker.compute import WorkerCompute
+    worker, next_command, answer = hand_coordinator
+    identity, register = next_command()
+    assert register["relay"].startswith("tcp://127.0.0.1:")
+    welcome = tiny_welcome(7)
+    answer(identity, welcome)
+    size = welcome["pieces"][0]
+    before = np.linspace(-1, 1, size).astype(np.float32)       # the sum of the group before
+    context = zmq.Context()
+    relay = context.socket(zmq.DEALER)
+    relay.connect(register["relay"])
+    relay.send_multipart(encode(Message("grad", {"token": 3, "step": 0, "chunks": [0], "piece": 0, "prefix": True},
+                                        {"grad": before})))
+    work, params = tiny_work(7)
+    work.fields.update(chunks=[1], sum_from=True)                # after the sum, as a relay may be
+    try:
+        assert next_command(0.5) == (None, None)
+        for message in (work, params):
+            answer(identity, message)
+        piece, push = next_command()[1], next_command()[1]
+    finally:
+        relay.close(0)
+        context.term()
+    own, computer = [], WorkerCompute(welcome["config"], welcome["vocab"])   # what the worker adds
+    incoming = computer.incoming()
+    incoming.put(0, params.arrays["params"])
+    computer.compute(work, incoming, own.append)
+    assert (piece.cmd, piece["prefix"], piece["chunks"], push.cmd) == ("grad", True, [1], "push")
+    np.testing.assert_array_equal(piece.arrays["grad"], before + own[0].arrays["grad"])
+

@@ -18,7 +18,7 @@ from protocol.transport import (bind_relay, connect_dealer, connect_relay, local
 from .chain import COORDINATOR, ChainSums
 from .compute import IncomingParams, ParamsWatch, WorkAborted
 
-STEPS_OF_PARAMS = 3     # steps whose parameter pieces are kept at once: the current, a next, a copy's
+STEPS_OF_PARAMS = 2     # steps whose parameter pieces are kept at once: the current and the next
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Session:
         self.chains: dict[tuple, ChainSums] = {}    # a work's gradient and place, until a later step
         self.params: dict[int, IncomingParams] = {}     # step -> its parameters
         self.forwarding: dict[int, list] = {}       # step -> [relay endpoint, pieces forwarded]
+        self.early_sums: dict[int, list[Message]] = {}  # step -> sums relayed before its work came
         self.latest_step = -1       # work for an older step is obsolete: the coordinator has moved on
         self.last_heard = self.last_sent = time.monotonic()
 
@@ -165,7 +166,10 @@ class Session:
         grad_out = self.worker.grad_buffers.take((self.worker.layout_total,), self.worker.dtype)
         job = self.jobs[key] = Job(None, incoming, now)
         job.future = self.worker.submit(key, work, incoming, grad_out, job.timings)
-        self.chains[key] = ChainSums(work, self.worker.dtype, grad_out)
+        chain = self.chains[key] = ChainSums(work, self.worker.dtype, grad_out)
+        for message in self.early_sums.pop(work["step"], []):
+            if chain.follows(message["chunks"]):
+                self.send_all(chain, chain.sum_before(message["piece"], message.arrays["grad"]))
         if work["params_to"]:
             self.forwarding[work["step"]] = [work["params_to"], 0]
             self.forward(work["step"])
@@ -173,7 +177,7 @@ class Session:
 
     def take_params(self, message: Message) -> None:
         step = message["step"]
-        if step < self.latest_step:
+        if not self.latest_step <= step <= self.latest_step + 1:    # a relay may run ahead of the work
             return
         problem = self.params_of(step).put(message["piece"], message.arrays["params"])
         if problem:
@@ -196,6 +200,8 @@ class Session:
         for step in [s for s in self.params if s < self.latest_step]:
             self.params.pop(step).abort()
             self.forwarding.pop(step, None)
+        for step in [s for s in self.early_sums if s < self.latest_step]:
+            del self.early_sums[step]
         for key in [k for k in self.chains if stale(k) and k not in self.jobs]:
             chain = self.chains.pop(key)
             self.worker.grad_buffers.retire(chain.grad_out, chain.trackers)
@@ -242,13 +248,20 @@ class Session:
 
     # the relay ------------------------------------------------------------------------------
     def handle_relayed(self, message: Message) -> None:
+        if self.token is None:          # not (or no longer) registered: nothing to relay for
+            return
         if message.cmd == "params":
             self.take_params(message)
         elif message.cmd == "grad" and message["prefix"]:
+            step = message["step"]
             chain = next((c for k, c in self.chains.items()
-                          if k[0] == self.token and k[1] == message["step"] and c.follows(message["chunks"])), None)
+                          if k[0] == self.token and k[1] == step and c.follows(message["chunks"])), None)
             if chain is not None:
                 self.send_all(chain, chain.sum_before(message["piece"], message.arrays["grad"]))
+            elif self.latest_step <= step <= self.latest_step + 1:     # ahead of its work: kept for it
+                early = self.early_sums.setdefault(step, [])
+                if len(early) < len(self.worker.dims["pieces"]):
+                    early.append(message)
         else:
             self.worker.reject_log(f"worker {self.worker.name}: dropped a relayed {message.cmd!r}")
 
