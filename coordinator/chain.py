@@ -16,7 +16,6 @@ NO_LINKS = {"params_to": "", "sum_from": False, "sum_to": ""}
 
 @dataclass
 class RelayChain:
-    step: int
     groups: list[tuple[int, ...]]       # ascending: the order of the sum
     tokens: list[int]                   # who holds each group
     relays: list[str]                   # their relay endpoints
@@ -26,13 +25,13 @@ class RelayChain:
     all_pushed_at: float | None = None
 
     @classmethod
-    def plan(cls, step: int, assignment: list[tuple[tuple[int, ...], int]], relays: dict[int, str],
+    def plan(cls, assignment: list[tuple[tuple[int, ...], int]], relays: dict[int, str],
              pieces: list[tuple[int, int]], dtype) -> "RelayChain | None":
         """A chain over (group, token) pairs if there are two or more and every holder relays."""
         if len(assignment) < 2 or not all(relays.get(token) for _, token in assignment):
             return None
         assignment = sorted(assignment)
-        return cls(step, [g for g, _ in assignment], [t for _, t in assignment],
+        return cls([g for g, _ in assignment], [t for _, t in assignment],
                    [relays[t] for _, t in assignment], GradientPieces(pieces, dtype))
 
     def links(self, group: tuple[int, ...], token: int) -> dict:

@@ -148,7 +148,7 @@ class ParameterServer:
         groups = partition(self.state.config.chunks, len(tokens))
         self.in_flight = flight = StepInFlight(step, dict(zip(groups, tokens)))
         pieces = self.gradient_pieces
-        flight.chain = RelayChain.plan(step, list(zip(groups, chained)), {t: self.workers[t].relay for t in chained},
+        flight.chain = RelayChain.plan(list(zip(groups, chained)), {t: self.workers[t].relay for t in chained},
                                        pieces.pieces, pieces.dtype)
         steady = [t for t in tokens if self.workers[t].lost_in_a_row < LOSSES_BEFORE_BYPASS]
         own, copies = [], []
@@ -179,9 +179,7 @@ class ParameterServer:
 
     def work_fields(self, item: WorkItem) -> dict:
         """The `work` header: what to compute, and what determines its dropout masks."""
-        config = self.state.config
-        flight = self.in_flight
-        chain = flight.chain if flight is not None and flight.step == item.step else None
+        config, chain = self.state.config, self._chain_of(item)
         return {"token": item.token, "step": item.step, "chunks": list(item.group),
                 "dropout": config.dropout, "seed": config.seed,
                 "wire": WIRE_TAGS[config.wire_dtype] or np.dtype(config.dtype).str,
@@ -189,9 +187,12 @@ class ParameterServer:
 
     def sends_params(self, item: WorkItem) -> bool:
         """Whether the coordinator sends this work's parameters itself (else a relay chain does)."""
-        flight = self.in_flight
-        chain = flight.chain if flight is not None and flight.step == item.step else None
+        chain = self._chain_of(item)
         return chain is None or chain.sends_params(item.group, item.token)
+
+    def _chain_of(self, item: WorkItem) -> RelayChain | None:
+        flight = self.in_flight
+        return flight.chain if flight is not None and flight.step == item.step else None
 
     def work_arrays(self, item: WorkItem) -> dict[str, np.ndarray]:
         chunk_ids = list(item.group)
@@ -293,8 +294,9 @@ class ParameterServer:
         also holds up the parameters it should forward, so no one would be idle for a copy."""
         flight = self.in_flight
         chain = flight.chain if flight is not None else None
-        if chain is not None and (chain.overdue(now) or (chain.active and chain.total is None and any(
-                self._late(group, now, None) for group in flight.outstanding()))):
+        if chain is None or not chain.active or chain.total is not None:
+            return
+        if chain.overdue(now) or any(self._late(group, now, None) for group in flight.outstanding()):
             self.abandon_chain()
 
     def backup_work(self, now: float) -> list[WorkItem]:

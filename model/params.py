@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -39,14 +40,14 @@ class ParamLayout:
     def total(self) -> int:
         return sum(self.sizes)
 
-    @property
+    @cached_property
     def layer_spans(self) -> list[tuple[int, int]]:
         """(start, stop) of each layer's parameters in the flat vector, the head's with the top
         layer's: a layer can compute once its span is in, and backward finishes the top first."""
         starts = [offset for name, offset in zip(self.names, self.offsets) if name.endswith(".W_x")]
         return list(zip(starts, starts[1:] + [self.total]))
 
-    @property
+    @cached_property
     def pieces(self) -> list[tuple[int, int]]:
         """(start, stop) of each piece the vector travels in: every layer span cut into nearly
         equal parts of at most PIECE_ELEMENTS, in order."""
@@ -64,7 +65,7 @@ class ParamLayout:
         last = next(k for k, piece in enumerate(self.pieces) if piece[1] == stop)
         return range(first, last + 1)
 
-    @property
+    @cached_property
     def offsets(self) -> list[int]:
         return [sum(self.sizes[:k]) for k in range(len(self.names))]
 

@@ -16,7 +16,7 @@ LIVENESS_S = 10.0       # default silence after which a peer is taken for dead
 MAX_REFUSED_PUSHES = 3  # refused pushes in a row after which a worker is stopped and dropped
 MAX_NAME_CHARS = 128
 FLOAT_DTYPES = ("<f4", "<f8")
-# Narrow wire dtypes for the two big arrays (SPEC.md, section 4.3): IEEE half, and bfloat16
+# Narrow wire dtypes for the arrays of `params` and `grad` (SPEC.md, section 4.3): IEEE half, and bfloat16
 # (the top 16 bits of a float32), which numpy holds as uint16.
 WIRE_DTYPES = ("<f2", "bf16")
 STORAGE = {"bf16": "<u2"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import resource
+import socket as pysocket
 import sys
 import threading
 import time
@@ -136,7 +137,6 @@ def connect_relay(context: zmq.Context, endpoint: str) -> zmq.Socket:
 def local_address_toward(endpoint: str) -> str | None:
     """The address this host uses to reach a tcp:// endpoint's host (no packet is sent): the
     one other workers can reach it at, on the same network. None for other transports."""
-    import socket as pysocket
     match = re.match(r"^tcp://\[?([^\]]+?)\]?:(\d+)$", endpoint)
     if not match:
         return None
