@@ -6,6 +6,8 @@ import time
 import numpy as np
 import zmq
 
+from model.config import Config
+from model.params import ParamLayout
 from protocol import Message
 from protocol.security import HandshakeWatch
 from protocol.transport import RateLimitedLog, connect_dealer, poll, receive, send
@@ -34,8 +36,7 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
             if poll([socket], min(0.1, deadline - time.monotonic())):
                 _, message, _ = receive(socket, False, None, 2 ** 31, RateLimitedLog())
                 if message is not None and message.cmd == "model":
-                    meta = dict(message["config"], vocab=message["vocab"], step=message["step"])
-                    return meta, message.arrays["params"].copy()
+                    return model_of(message, endpoint)
         raise PullError(f"no answer from a coordinator at {endpoint} within {timeout_s:g}s; "
                         f"is it running, and is the address right?")
     finally:
@@ -43,3 +44,23 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
             handshakes.close()
         socket.close(linger=0)
         context.term()
+
+
+def model_of(reply: Message, endpoint: str) -> tuple[dict, np.ndarray]:
+    """(meta, flat params) of a `model` reply that describes a model this code can run: its config
+    valid, its layout the one that config gives, its vector that layout's size. PullError if not,
+    so that a wrong or hostile coordinator cannot crash the sampler or the exporter."""
+    try:
+        config = Config.from_dict(reply["config"])
+    except (ValueError, TypeError) as error:
+        raise PullError(f"the coordinator at {endpoint} sent a model this version cannot use ({error})") from None
+    names, shapes, params = reply["names"], reply["shapes"], reply.arrays["params"]
+    # the layout has more names than layers, so the message's own size bounds the work here
+    layout = (ParamLayout.for_model(len(reply["vocab"]), config.layers, config.hidden)
+              if reply["vocab"] and config.layers <= len(names) else None)
+    if (layout is None or list(layout.names) != names or [list(s) for s in layout.shapes] != shapes
+            or params.size != layout.total or params.dtype != np.dtype(config.dtype)):
+        raise PullError(f"the coordinator at {endpoint} sent parameters that do not fit the model it "
+                        f"describes; is it running this version?")
+    meta = dict(config.to_dict(), vocab=reply["vocab"], step=reply["step"])
+    return meta, params.copy()

@@ -13,12 +13,10 @@ from model.run import Gathered
 from model.training import Contribution, TrainState, shape_sizes
 from protocol import HEARTBEAT_S, LIVENESS_S, Message
 from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_REFUSED_PUSHES, ProtocolError, reference_of
-from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, log_line, peak_rss_mb,
-                                poll, receive, send)
+from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, drain, log_line, peak_rss_mb,
+                                poll, send)
 from .server import ParameterServer
 
-
-MAX_MESSAGES_PER_WAKE = 64
 
 
 def reference_to(message: Message) -> dict:
@@ -69,18 +67,16 @@ class Coordinator:
                 self.dispatched_at = time.monotonic()
                 self._dispatch(self.server.start_step())
             # while a step is out, wake often enough to copy a late group to an idle worker
-            if poll([self.socket], self.heartbeat_s / (20 if self.server.in_flight else 4)):
-                for _ in range(MAX_MESSAGES_PER_WAKE):      # then housekeeping, however busy
-                    if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        break
-                    identity, message, error = receive(self.socket, True, self.dims,
-                                                       self.max_message_bytes, self.reject_log)
-                    if message is not None:
-                        self._handle(identity, message)
-                    elif error is not None:
-                        self._refuse_invalid(identity, error)
-                    if self.server.in_flight and self.server.in_flight.complete:
-                        return self._gathered(self.server.collect())
+            ready = poll([self.socket], self.heartbeat_s / (20 if self.server.in_flight else 4))
+            # a bounded batch, then housekeeping, however busy
+            for identity, message, error in drain(self.socket, ready, True, self.dims,
+                                                  self.max_message_bytes, self.reject_log):
+                if message is not None:
+                    self._handle(identity, message)
+                elif error is not None:
+                    self._refuse_invalid(identity, error)
+                if self.server.in_flight and self.server.in_flight.complete:
+                    return self._gathered(self.server.collect())
             self._housekeeping()
         return None
 

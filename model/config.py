@@ -20,6 +20,13 @@ def _field(default, help: str, choices: tuple | None = None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+def _of_type(value, kind: type) -> bool:
+    """An int field takes an int (not a bool); a float field an int or a float; a str a str."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
 @dataclass(frozen=True)
 class Config:
     layers: int = _field(2, "LSTM layers")
@@ -48,6 +55,10 @@ class Config:
         "path rounds alike, so worker counts still agree)", WIRE_DTYPES)
 
     def __post_init__(self) -> None:
+        wrong = [f"{f.name} must be {type(f.default).__name__} (got {type(getattr(self, f.name)).__name__})"
+                 for f in self.fields() if not _of_type(getattr(self, f.name), type(f.default))]
+        if wrong:       # checked first: a value from a file or the network may be of any type
+            raise ValueError("invalid config: " + "; ".join(wrong))
         problems = []
         for name in ("layers", "hidden", "seq_len", "chunks"):
             if getattr(self, name) < 1:

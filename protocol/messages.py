@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass, field
 
 import msgpack
@@ -9,6 +10,10 @@ import numpy as np
 
 SIGNATURE = b"CLSTM/3"
 MAX_HEADER_BYTES = 64 * 1024
+# Containers nested in a header, the header map itself counted: `shapes` (map > list > list) is the
+# deepest the protocol needs. Anything deeper is refused before any field is looked at, so nothing
+# recursive (comparison, repr) ever meets a deep structure (SPEC.md, section 3).
+MAX_HEADER_DEPTH = 4
 MAX_ARRAYS = 16
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 HEARTBEAT_S = 1.0       # default heartbeat interval (SPEC.md, section 5)
@@ -121,9 +126,26 @@ def _check_field(cmd: str, name: str, kind: str, value) -> None:
         raise ProtocolError(f"{cmd}: field {name!r} is not a valid {kind} ({_short(value)})")
 
 
+_SHORT = reprlib.Repr()      # keyword arguments only from Python 3.12
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 4, 4
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 40
+
+
 def _short(value) -> str:
-    text = repr(value)
+    """A bounded description of a received value, whatever its size or depth."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_depth(header: dict) -> None:
+    """Refuses containers nested deeper than MAX_HEADER_DEPTH, without recursion."""
+    pending = [(header, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_HEADER_DEPTH:
+            raise ProtocolError(f"header nests containers deeper than {MAX_HEADER_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        pending += [(child, depth + 1) for child in children if isinstance(child, (dict, list))]
 
 
 def _check_fields(cmd: str, fields: dict) -> None:
@@ -216,6 +238,7 @@ def _unpack_header(raw) -> dict:
         raise ProtocolError(f"header is not valid msgpack ({type(error).__name__}: {error})") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a map, got {type(header).__name__}")
+    _check_depth(header)
     return header
 
 
@@ -240,6 +263,9 @@ def decode(frames, dims: dict | None = None,
         return _decode_body(dict(header), frames, dims)
     except ProtocolError as error:
         raise ProtocolError(str(error), reference_of(header)) from None
+    except Exception as error:      # a check this module lacks: still the sender's fault, never a crash
+        raise ProtocolError(f"message could not be checked ({type(error).__name__}: {_short(str(error))})",
+                            reference_of(header)) from None
 
 
 def _decode_body(header: dict, frames: list, dims: dict | None) -> Message:

@@ -59,6 +59,23 @@ class RateLimitedLog:
             self.suppressed = 0
 
 
+# Messages read from one socket per wake of a loop: a flood cannot keep a process from its
+# heartbeats, its own sends and its other sockets (SPEC.md, section 7).
+MAX_MESSAGES_PER_WAKE = 64
+
+
+def drain(socket: zmq.Socket, ready: set, routed: bool, dims: dict | None, max_message_bytes: int,
+          reject_log):
+    """Yields (identity, message, error) for at most MAX_MESSAGES_PER_WAKE messages waiting on a
+    socket that poll() found ready; the rest wait for the next wake."""
+    if socket is None or socket not in ready:
+        return
+    for _ in range(MAX_MESSAGES_PER_WAKE):
+        if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return
+        yield receive(socket, routed, dims, max_message_bytes, reject_log)
+
+
 class EndpointError(ValueError):
     """An endpoint that is malformed, or that cannot be bound or connected to; says which."""
 

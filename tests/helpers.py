@@ -226,9 +226,43 @@ def valid_grad(dims: dict, token: int = 7, step: int = 0, chunks=(0,)) -> list[b
     return [bytes(f) for f in encode(message)]
 
 
+_HOLE = "\x00hole"
+
+
+def _deep(depth: int, kind: str) -> bytes:
+    """msgpack bytes of a list (or map) nested `depth` deep around 1: too deep for msgpack's packer."""
+    opener = b"\x91" if kind == "list" else b"\x81" + msgpack.packb("k")
+    return opener * depth + msgpack.packb(1)
+
+
+def hostile_values(rng: random.Random) -> list:
+    """Values a field may be replaced by: msgpack bytes (deep nesting) or plain values."""
+    return [_deep(rng.choice([5, 100, 1000, 3000]), rng.choice(["list", "map"])),
+            2 ** 64 - 1, 2 ** 63, -1, -2 ** 63, float("nan"), float("inf"), -float("inf"), 1e308, -0.0,
+            True, None, "", "x" * rng.randint(1000, 60_000), "tcp://*:5", [0] * rng.randint(100, 15_000),
+            [[0] * 10] * 500, {str(k): k for k in range(64)}, {"cmd": "push"}, [["a", "<f4", [1]]] * 20,
+            [2 ** 64 - 1], [-1], ["x"], [1.5], [[1, [2, [3]]]]]
+
+
+def structural(rng: random.Random, good: list[bytes]) -> list[bytes]:
+    """A valid frame set with one header field (or cmd, or the array list) replaced by a value of
+    hostile_values: wrong types, huge and negative ints, NaN/inf, oversized lists and maps, deep
+    nesting. The result may happen to be valid; decode must refuse it or accept it, never raise
+    anything else."""
+    header = msgpack.unpackb(good[1])
+    name = rng.choice(sorted(header))
+    value = rng.choice(hostile_values(rng))
+    header[name] = _HOLE if isinstance(value, bytes) else value
+    raw = msgpack.packb(header)
+    if isinstance(value, bytes):
+        raw = raw.replace(msgpack.packb(_HOLE), value)
+    return [good[0], raw, *good[2:]]
+
+
 def malformed(rng: random.Random, good: list[bytes], dims: dict) -> list[bytes]:
-    """One frame set that decode must refuse: 8 kinds, chosen by the generator."""
-    kind = rng.randrange(8)
+    """One frame set that decode must refuse: 9 kinds, chosen by the generator."""
+    from protocol import ProtocolError, decode
+    kind = rng.randrange(9)
     frames = [bytearray(f) for f in good]
     if kind == 0:                                        # random bytes
         frames = [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 40))) for _ in range(rng.randint(1, 6))]
@@ -255,6 +289,13 @@ def malformed(rng: random.Random, good: list[bytes], dims: dict) -> list[bytes]:
         grad = np.zeros(dims["pieces"][0], dims.get("float", "<f4"))
         grad[rng.randrange(grad.size)] = rng.choice([np.nan, np.inf, -np.inf])
         frames[2] = grad.tobytes()
-    else:                                                # oversized msgpack header
+    elif kind == 7:                                      # oversized msgpack header
         frames[1] = msgpack.packb({"cmd": "push", "pad": "x" * rng.randint(65 * 1024, 80 * 1024)})
+    else:                                                # one field of hostile structure
+        while True:
+            frames = structural(rng, [bytes(f) for f in good])
+            try:
+                decode(frames, dims)
+            except ProtocolError:
+                break
     return [bytes(f) for f in frames]

@@ -35,13 +35,14 @@ def header_frames(header, arrays=()):
     return [SIGNATURE, msgpack.packb(header), *arrays]
 
 
-def test_round_trip_every_command():
+def every_command() -> list[Message]:
+    """One valid message of every command, for DIMS."""
     work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3, "wire": "bf16",
                             "params_to": "tcp://10.0.0.2:4000", "sum_from": True, "sum_to": ""},
                    {"h": np.ones((2, 1, 3), np.float32), "c": np.ones((2, 1, 3), np.float32),
                     "inputs": np.zeros((1, 4), np.int32), "targets": np.ones((1, 4), np.int32)})
     params = Message("params", {"step": 0, "piece": 0}, {"params": np.ones(4, np.uint16)})
-    messages = [push(), grad(), work, params, Message("register", {"name": "w", "relay": ""}),
+    return [push(), grad(), work, params, Message("register", {"name": "w", "relay": ""}),
                 Message("direct", {"step": 0, "chunks": [0]}), Message("heartbeat", {"token": 1}),
                 Message("bye", {"token": 1}), Message("pull"), Message("stop", {"reason": "done"}),
                 Message("welcome", {"token": 1, "config": {"a": 1}, "vocab": "ab", "heartbeat_s": 1.0,
@@ -51,6 +52,10 @@ def test_round_trip_every_command():
                     "cmd": "push", "token": None, "step": 4, "chunks": [1, 2]}}),
                 Message("model", {"step": 1, "config": {}, "vocab": "ab", "names": ["w"], "shapes": [[10]]},
                         {"params": np.ones(10, np.float32)})]
+
+
+def test_round_trip_every_command():
+    messages = every_command()
     for message in messages:
         decoded = decode(frames_of(message), dict(DIMS, wire="bf16"))
         assert decoded.cmd == message.cmd and decoded.fields == message.fields
@@ -129,6 +134,34 @@ def test_seeded_fuzz_decode_refuses_every_malformed_set():
         frames = malformed(rng, good, DIMS)
         with pytest.raises(ProtocolError):
             decode(frames, DIMS)
+
+
+def test_hostile_structure_in_any_field_is_refused_never_raised():
+    """Every command's every field (and cmd, and the array list) replaced by deep nesting, huge
+    and negative ints, NaN/inf, wrong types, oversized lists and maps: decode answers with a
+    Message or a ProtocolError, never another exception (a nested header once killed a coordinator)."""
+    from helpers import structural
+    rng = random.Random(4321)
+    outcomes = {"refused": 0, "accepted": 0}
+    for message in every_command():
+        good = frames_of(message)
+        for _ in range(300):
+            try:
+                decode(structural(rng, good), DIMS)
+                outcomes["accepted"] += 1
+            except ProtocolError:
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 10 * outcomes["accepted"]
+
+
+def test_a_header_nested_a_thousand_deep_is_refused_with_a_short_reason():
+    from helpers import _deep
+    raw = msgpack.packb({"cmd": "heartbeat", "arrays": [], "token": "\x00hole"})
+    for kind in ("list", "map"):
+        for depth in (5, 1000, 50_000):
+            with pytest.raises(ProtocolError) as refused:
+                decode([SIGNATURE, raw.replace(msgpack.packb("\x00hole"), _deep(depth, kind))], DIMS)
+            assert len(str(refused.value)) < 200
 
 
 @pytest.mark.timeout(20)

@@ -74,6 +74,7 @@ class Worker:
             self.log(f"worker {self.name}: {self.stopping}, exiting")
             return 0
         finally:
+            self.reject_log.flush()         # every drop is accounted for, the last window's too
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.context.destroy(linger=0)
             if self.trace:

@@ -13,8 +13,8 @@ import zmq
 
 from protocol import Message
 from protocol.security import HandshakeWatch
-from protocol.transport import (bind_relay, connect_dealer, connect_relay, local_address_toward, peak_rss_mb,
-                                poll, receive, send)
+from protocol.transport import (bind_relay, connect_dealer, connect_relay, drain, local_address_toward,
+                                peak_rss_mb, poll, send)
 from .chain import COORDINATOR, ChainSums
 from .compute import IncomingParams, ParamsWatch, WorkAborted
 
@@ -78,17 +78,15 @@ class Session:
                 self.drain_outbox(now)      # after the check: all a finished job emitted is in
                 for key in finished:
                     self.finish(key)
-                while self.socket in ready and self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    _, message, _ = receive(self.socket, False, worker.dims, worker.max_message_bytes,
-                                            worker.reject_log)
+                for _, message, _ in drain(self.socket, ready, False, worker.dims, worker.max_message_bytes,
+                                           worker.reject_log):
                     if message is not None:
                         self.last_heard = now
                         outcome = self.handle(message, now)
                         if outcome:
                             return outcome
-                while self.relay in ready and self.relay.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    _, message, _ = receive(self.relay, True, worker.dims, worker.max_message_bytes,
-                                            worker.reject_log)
+                for _, message, _ in drain(self.relay, ready, True, worker.dims, worker.max_message_bytes,
+                                           worker.reject_log):
                     if message is not None:
                         self.handle_relayed(message)
                 if now - self.last_heard > worker.liveness_s:
@@ -125,7 +123,12 @@ class Session:
     def handle(self, message: Message, now: float) -> str | None:
         worker, cmd = self.worker, message.cmd
         if cmd == "welcome":
-            worker.prepare(message["config"], message["vocab"])
+            try:
+                worker.prepare(message["config"], message["vocab"])
+            except (ValueError, TypeError) as error:
+                worker.log(f"error: worker {worker.name}: the coordinator at {worker.endpoint} sent a "
+                           f"run this worker cannot compute ({error}); run the same version on both")
+                return "refused"
             if message["pieces"] != worker.dims["pieces"]:
                 worker.log(f"error: worker {worker.name}: the coordinator cuts the parameters into pieces of "
                            f"{message['pieces']}, this worker into {worker.dims['pieces']}; run the same "
@@ -133,7 +136,8 @@ class Session:
                 return "refused"
             self.token, self.welcomed = message["token"], True
             worker.heartbeat_s, worker.liveness_s = message["heartbeat_s"], message["liveness_s"]
-            worker.log(f"worker {worker.name}: registered with {worker.endpoint}")
+            relay = f"; relaying on {self.relay_endpoint}" if self.relay_endpoint else ""
+            worker.log(f"worker {worker.name}: registered with {worker.endpoint}{relay}")
             self.prune()
         elif cmd == "work" and self.token is not None and message["token"] == self.token:
             self.take_work(message, now)
