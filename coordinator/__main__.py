@@ -8,7 +8,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 from model.checkpoint import CheckpointError  # noqa: E402
-from model.cli import Parser, add_training_arguments, config_from_args  # noqa: E402
+from model.cli import Parser, add_training_arguments, config_from_args, explicit_settings  # noqa: E402
 from model.run import TrainingRun  # noqa: E402
 from protocol import HEARTBEAT_S, LIVENESS_S  # noqa: E402
 from protocol.security import CurveServer, SecurityError  # noqa: E402
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     try:
         run = TrainingRun(config_from_args(args), args.corpus, args.save_dir, steps=args.steps,
                           epochs=args.epochs, fresh=args.fresh, checkpoint_every=args.checkpoint_every,
-                          eval_every=args.eval_every, log=log_line, log_every=args.log_every)
+                          eval_every=args.eval_every, log=log_line, log_every=args.log_every,
+                          explicit=explicit_settings(args))
         curve = CurveServer(args.curve_keys) if args.curve_keys else None
         coordinator = Coordinator(run.state, run.corpus, args.bind, curve_server=curve,
                                   heartbeat_s=args.heartbeat, liveness_s=args.liveness,

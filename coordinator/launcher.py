@@ -15,7 +15,7 @@ import threading
 import time
 
 from model.checkpoint import CheckpointError
-from model.cli import config_from_args, training_argv
+from model.cli import config_from_args, explicit_settings, training_argv
 from model.curves import write_curves
 from model.run import InProcessSource, TrainingRun
 from model.threads import blas_thread_env
@@ -81,7 +81,8 @@ def train_in_process(args) -> int:
     try:
         run = TrainingRun(config_from_args(args), args.corpus, args.save_dir, steps=args.steps,
                           epochs=args.epochs, fresh=args.fresh, checkpoint_every=args.checkpoint_every,
-                          eval_every=args.eval_every, log=progress.message, log_every=0, on_step=on_step)
+                          eval_every=args.eval_every, log=progress.message, log_every=0, on_step=on_step,
+                          explicit=explicit_settings(args))
     except (ValueError, OSError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -129,7 +130,6 @@ class LocalCluster:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         metrics_path = os.path.join(self.args.save_dir, "metrics.jsonl")
-        metrics_offset = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else 0
         with tempfile.TemporaryDirectory(prefix="charlstm-") as scratch:
             endpoint_file = os.path.join(scratch, "endpoint")
             self.coordinator = self._spawn(
@@ -140,6 +140,8 @@ class LocalCluster:
                 endpoint = self._wait_for_endpoint(endpoint_file)
                 if endpoint is None:
                     return self._finish()
+                # read once listening: by then the coordinator has resumed, or archived (--fresh)
+                metrics_offset = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else 0
                 for k in range(self.args.workers):
                     self.workers.append(self._spawn(["-m", "worker", "--connect", endpoint,
                                                      "--name", f"local-{k}"],

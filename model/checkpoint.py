@@ -22,7 +22,12 @@ HISTORY_DIR = "history"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that is missing, unreadable or inconsistent; the message names the file."""
+    """A checkpoint that is missing, unreadable or inconsistent; the message names the file.
+    problem is what is wrong, advice (may be empty) what the user can do about it."""
+
+    def __init__(self, problem: str, advice: str = ""):
+        super().__init__(f"{problem}; {advice}" if advice else problem)
+        self.problem = problem
 
 
 def _meta_array(meta: dict) -> np.ndarray:
@@ -85,7 +90,9 @@ def save_checkpoint(path: str, state: TrainState, keep: int = 3) -> None:
     if os.path.exists(link):
         os.unlink(link)
     os.link(path, link)
-    for old in sorted(f for f in os.listdir(history) if f.endswith(".npz"))[:-keep]:
+    # by step (the zero-padded name), never the link just made
+    older = sorted(f for f in os.listdir(history) if f.endswith(".npz") and f != os.path.basename(link))
+    for old in older[:max(0, len(older) - keep + 1)]:
         os.unlink(os.path.join(history, old))
 
 
@@ -93,6 +100,8 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     """Every array of an .npz, loaded eagerly so corruption shows here, not later."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint", "pass the .npz file inside it")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -102,10 +111,10 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         if not is_zip:
             raise CheckpointError(f"{path} is not a checkpoint or model file of this project (not an "
                                   f".npz archive); pass a file written by training or export.py") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({error}); "
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({error})",
                               f"delete it or restore an older one from {HISTORY_DIR}/") from None
     except (OSError, EOFError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({error}); "
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({error})",
                               f"delete it or restore an older one from {HISTORY_DIR}/") from None
     if "meta" not in arrays:
         raise CheckpointError(f"checkpoint {path} has no 'meta' entry; it is not a charlstm file")
@@ -158,9 +167,10 @@ def load_state(path: str) -> TrainState:
                       extra_meta={k: v for k, v in meta.items() if k not in known})
 
 
-def load_latest_state(save_dir: str, log=print) -> TrainState | None:
-    """The newest readable checkpoint in save_dir: checkpoint.npz, else the newest good one in
-    history/ (logging why it fell back). None when there is none at all."""
+def load_latest_state(save_dir: str, log=print) -> tuple[TrainState | None, str | None]:
+    """(state, the file it came from) of the newest readable checkpoint in save_dir:
+    checkpoint.npz, else the newest good one in history/ (logging why it fell back). (None,
+    None) when there is none at all."""
     main = os.path.join(save_dir, "checkpoint.npz")
     history = os.path.join(save_dir, HISTORY_DIR)
     if os.path.isdir(save_dir):
@@ -174,13 +184,13 @@ def load_latest_state(save_dir: str, log=print) -> TrainState | None:
                        sorted(os.listdir(history), reverse=True) if f.endswith(".npz")]
     for path in candidates:
         try:
-            return load_state(path)
+            return load_state(path), path
         except CheckpointError as error:
-            log(f"warning: {error}; trying an older checkpoint")
+            log(f"warning: {error.problem}; trying the next older checkpoint")
     if candidates:
-        raise CheckpointError(f"no readable checkpoint in {save_dir} (tried {len(candidates)}); "
-                              f"start afresh with --fresh")
-    return None
+        raise CheckpointError(f"no readable checkpoint in {save_dir} (tried {len(candidates)})",
+                              "start afresh with --fresh (the old files are kept under previous-runs/)")
+    return None, None
 
 
 def model_arrays(meta: dict, params: np.ndarray, dtype: str) -> dict[str, np.ndarray]:

@@ -39,6 +39,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = finite_float(text)
     if value <= 0:
@@ -64,20 +71,29 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     stop.add_argument("--epochs", type=positive_float,
                       help=f"like --steps, counted in epochs (default: {DEFAULT_EPOCHS})")
     group.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    group.add_argument("--checkpoint-every", type=int, default=50,
+    group.add_argument("--checkpoint-every", type=positive_int, default=50,
                        help="write <save-dir>/checkpoint.npz every N steps (default: %(default)s)")
     group.add_argument("--eval-every", type=non_negative_int, default=None,
                        help="validation loss over the held-out text every N steps, in a background "
                             "process (default: once per epoch when --val-fraction > 0; 0 = never)")
+    # default None: a flag not given is told apart from one given with the default value, so a
+    # resumed run keeps the checkpoint's value of every setting no flag names
     for field in Config.fields():
         kind = TYPES[field.type]
         group.add_argument(flag(field.name), type=finite_float if kind is float else kind,
-                           default=field.default, choices=field.metadata["choices"],
-                           help=field.metadata["help"] + " (default: %(default)s)")
+                           default=None, choices=field.metadata["choices"],
+                           help=field.metadata["help"] + f" (default: {field.default}; a resumed run "
+                                "keeps its own)")
+
+
+def explicit_settings(args: argparse.Namespace) -> dict:
+    """The Config fields a flag (or a recipe's defaults) gave, with their values."""
+    return {f.name: getattr(args, f.name) for f in Config.fields() if getattr(args, f.name) is not None}
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{field.name: getattr(args, field.name) for field in Config.fields()})
+    """The run's config as the flags ask: given flags, else each field's default."""
+    return Config(**explicit_settings(args))
 
 
 def training_argv(args: argparse.Namespace) -> list[str]:
@@ -89,8 +105,8 @@ def training_argv(args: argparse.Namespace) -> list[str]:
             argv += [flag(name), str(getattr(args, name))]
     if args.fresh:
         argv.append("--fresh")
-    for field in Config.fields():
-        argv += [flag(field.name), str(getattr(args, field.name))]
+    for name, value in explicit_settings(args).items():
+        argv += [flag(name), str(value)]
     return argv
 
 

@@ -106,7 +106,24 @@ class Config:
         """The learning rate of an epoch: a pure function of the config, so resume stays exact."""
         return self.lr * self.lr_decay ** max(0, epoch - self.lr_decay_after)
 
-    def architecture_mismatch(self, other: "Config") -> list[str]:
-        """Human-readable differences in the fields a resumed run may not change."""
-        return [f"{name}: checkpoint has {getattr(self, name)!r}, asked for {getattr(other, name)!r}"
-                for name in ARCHITECTURE_FIELDS if getattr(self, name) != getattr(other, name)]
+
+
+# Asked values that stand for "whatever the run already has": they never conflict on resume.
+RESOLVED_LATER = {"chunk_len": 0, "recurrent_form": "auto"}
+
+
+def resumed_config(stored: Config, asked: Config, explicit) -> tuple[Config, list[str], list[str]]:
+    """What a resumed run trains with: the checkpoint's settings, each one a flag gave
+    explicitly (a name in `explicit`) replaced by the asked value. Returns (config, the changes
+    as "name old -> new", the architecture fields asked to differ, which a resume cannot do)."""
+    changes, conflicts, replaced = [], [], {}
+    for name in sorted(explicit):
+        old, new = getattr(stored, name), getattr(asked, name)
+        if old == new or RESOLVED_LATER.get(name) == new:
+            continue
+        if name in ARCHITECTURE_FIELDS:
+            conflicts.append(f"{name}: checkpoint has {old!r}, asked for {new!r}")
+        else:
+            replaced[name] = new
+            changes.append(f"{name} {old!r} -> {new!r}")
+    return stored.replace(**replaced), changes, conflicts

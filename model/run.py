@@ -16,10 +16,11 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
-from .config import Config
-from .corpus import Corpus, make_corpus, read_corpus
+from .config import Config, resumed_config
+from .corpus import Corpus, make_corpus, read_corpus, sha256_text
 from .optim import RMSprop
 from .recurrent import resolve_form
+from .savedir import SaveDirLock, archive_previous_run
 from .training import ChunkGradients, Contribution, TrainState, new_state
 from .validation import Validator
 from .wire import wire_round
@@ -117,53 +118,75 @@ def apply_step(state: TrainState, optimizer: RMSprop, contributions: dict[tuple[
 
 
 class TrainingRun:
+    """explicit: the Config fields a flag (or a recipe) gave; a resumed run keeps the
+    checkpoint's value of every other one. None: all of them (config is the whole intent)."""
+
     def __init__(self, config: Config, corpus_path: str, save_dir: str, *, steps=None,
                  epochs=None, fresh=False, checkpoint_every=50, eval_every=None, log=print,
-                 log_every: int = 1, on_step=None):
+                 log_every: int = 1, on_step=None, explicit=None):
         self.log, self.log_every, self.on_step = log, log_every, on_step
         self.save_dir = save_dir
+        if checkpoint_every < 1:
+            raise ValueError(f"--checkpoint-every must be >= 1 (got {checkpoint_every})")
         self.checkpoint_every = checkpoint_every
         check_paths(corpus_path, save_dir)
         text = read_corpus(corpus_path)
-        self.corpus, config = make_corpus(text, config)
-        state = None if fresh else load_latest_state(save_dir, log)
-        config = config.replace(recurrent_form=resolve_form(
-            config.recurrent_form, state.config.recurrent_form if state else None))
-        if state is None:
-            state = new_state(config, self.corpus)
-        else:
-            self._check_resumable(state, config)
-            state.config = config
-            log(f"resuming from {self.checkpoint_path} at step {state.step} (epoch {state.epoch})")
-        self.state: TrainState = state
+        self.lock = SaveDirLock(save_dir, log)      # held until train() ends, or this process does
+        try:
+            self._open(config, text, corpus_path, fresh, log,
+                       {f.name for f in Config.fields()} if explicit is None else set(explicit))
+        except BaseException:
+            self.lock.release()
+            raise
         self.target_steps = target_steps(steps, epochs, self.corpus.steps_per_epoch)
         if eval_every is None:
             eval_every = self.corpus.steps_per_epoch if self.corpus.val_text.size > 1 else 0
         if eval_every and self.corpus.val_text.size < 2:
+            self.lock.release()
             raise ValueError("--eval-every needs held-out text: set --val-fraction > 0")
         self.eval_every = eval_every
+        config = self.state.config
         self.validator = Validator(save_dir, corpus_path, config.val_fraction, log)
-        self.optimizer = RMSprop(state.square_avg, config.rho, config.eps, config.clip)
+        self.optimizer = RMSprop(self.state.square_avg, config.rho, config.eps, config.clip)
         self.stop_signal: str | None = None
         self.started = time.monotonic()
-        self.elapsed_before = float(state.extra_meta.get("elapsed_s", 0.0))
+        self.elapsed_before = float(self.state.extra_meta.get("elapsed_s", 0.0))
         log(config.describe())
         log(f"corpus {corpus_path}: {len(self.corpus.vocab)} symbols, {self.corpus.chunks} chunks x "
             f"{self.corpus.chunk_len} chars, {self.corpus.steps_per_epoch} steps per epoch, "
             f"{self.corpus.val_text.size} held-out chars; training to step {self.target_steps}")
 
+    def _open(self, config: Config, text: str, corpus_path: str, fresh: bool, log, explicit: set) -> None:
+        """The run's state: a new one, or the checkpoint's with the explicit flags applied."""
+        if fresh:
+            archive_previous_run(self.save_dir, log)
+            state, source = None, None
+        else:
+            state, source = load_latest_state(self.save_dir, log)
+        if state is not None:
+            config, changes, conflicts = resumed_config(state.config, config, explicit)
+            if state.corpus_sha256 != sha256_text(text):
+                conflicts.append(f"the corpus {corpus_path} differs from the one the checkpoint was trained on")
+            if conflicts:
+                raise CheckpointError(
+                    f"checkpoint {source} does not match this run: " + "; ".join(conflicts)
+                    + ". Pass the checkpoint's settings, another --save-dir, or --fresh to start over "
+                      "(the old run is kept under previous-runs/)")
+        self.corpus, config = make_corpus(text, config)
+        config = config.replace(recurrent_form=resolve_form(
+            config.recurrent_form, state.config.recurrent_form if state else None))
+        if state is None:
+            state = new_state(config, self.corpus)
+        else:
+            state.config = config
+            log(f"resuming from {source} at step {state.step} (epoch {state.epoch})")
+            for change in changes:
+                log(f"resume: {change}, as a flag asks")
+        self.state: TrainState = state
+
     @property
     def checkpoint_path(self) -> str:
         return os.path.join(self.save_dir, "checkpoint.npz")
-
-    def _check_resumable(self, state: TrainState, config: Config) -> None:
-        problems = state.config.architecture_mismatch(config)
-        if state.corpus_sha256 != self.corpus.sha256 or state.vocab != self.corpus.vocab:
-            problems.append("the corpus differs from the one the checkpoint was trained on")
-        if problems:
-            raise CheckpointError(
-                f"checkpoint {self.checkpoint_path} does not match this run: " + "; ".join(problems)
-                + ". Pass the checkpoint's settings, another --save-dir, or --fresh to start over")
 
     @property
     def done(self) -> bool:
@@ -197,6 +220,7 @@ class TrainingRun:
         finally:
             self.validator.close()
             self.optimizer.close()
+            self.lock.release()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 

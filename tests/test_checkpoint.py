@@ -72,8 +72,9 @@ def test_corrupt_checkpoint_is_named_and_history_is_used(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint.npz is corrupt or truncated"):
         load_state(path)
     logged = []
-    recovered = load_latest_state(str(tmp_path), logged.append)
-    assert recovered.step == 2 and "corrupt" in logged[0]
+    recovered, source = load_latest_state(str(tmp_path), logged.append)
+    assert recovered.step == 2 and source.endswith("checkpoint-000000002.npz")
+    assert "corrupt" in logged[0] and "delete it" not in logged[0] and "next older" in logged[0]
 
 
 def test_history_keeps_the_last_three(tmp_path):
