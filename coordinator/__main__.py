@@ -8,7 +8,8 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 from model.checkpoint import CheckpointError  # noqa: E402
-from model.cli import Parser, add_training_arguments, config_from_args, explicit_settings  # noqa: E402
+from model.cli import (Parser, add_training_arguments, config_from_args, explicit_settings, non_negative_int,
+                       positive_float, positive_int)  # noqa: E402
 from model.run import TrainingRun  # noqa: E402
 from protocol import HEARTBEAT_S, LIVENESS_S  # noqa: E402
 from protocol.security import CurveServer, SecurityError  # noqa: E402
@@ -23,19 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ROUTER endpoint, tcp://HOST:PORT or ipc://PATH; use tcp://*:5555 to accept "
                           "workers from other hosts, port * for any free port (default: %(default)s)")
     net.add_argument("--endpoint-file", help="write the endpoint actually bound to this file once listening")
-    net.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
+    net.add_argument("--heartbeat", type=positive_float, default=HEARTBEAT_S,
                      help="heartbeat interval in seconds (default: %(default)s)")
-    net.add_argument("--liveness", type=float, default=LIVENESS_S,
+    net.add_argument("--liveness", type=positive_float, default=LIVENESS_S,
                      help="seconds of silence before a worker is declared dead (default: %(default)s)")
-    net.add_argument("--min-workers", type=int, default=1,
+    net.add_argument("--min-workers", type=positive_int, default=1,
                      help="wait for this many workers before the first step, so that runs with the "
                           "same worker count partition the chunks alike (default: %(default)s)")
     net.add_argument("--curve-keys", metavar="DIR",
                      help="authenticate and encrypt with CurveZMQ: keys from scripts/make_keys.py; only "
                           "public keys in DIR/authorized/ are admitted")
-    net.add_argument("--max-message-mb", type=float, default=512,
+    net.add_argument("--max-message-mb", type=positive_float, default=512,
                      help="largest message accepted, in MiB (default: %(default)s)")
-    net.add_argument("--log-every", type=int, default=1,
+    net.add_argument("--log-every", type=non_negative_int, default=1,
                      help="a log line every N steps; 0 = none (metrics.jsonl has every step) "
                           "(default: %(default)s)")
     net.add_argument("--trace", metavar="FILE", help=argparse.SUPPRESS)   # scripts/netbench.py's timings

@@ -25,12 +25,12 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
     except BaseException:
         context.term()
         raise
-    handshakes = HandshakeWatch(socket) if curve_client else None
+    handshakes = HandshakeWatch(socket, curve=curve_client is not None)
     try:
         send(socket, Message("pull"))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            refusal = handshakes.refusal() if handshakes else None
+            refusal = handshakes.refusal()
             if refusal:
                 raise PullError(refusal)
             if poll([socket], min(0.1, deadline - time.monotonic())):
@@ -40,8 +40,7 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
         raise PullError(f"no answer from a coordinator at {endpoint} within {timeout_s:g}s; "
                         f"is it running, and is the address right?")
     finally:
-        if handshakes:
-            handshakes.close()
+        handshakes.close()
         socket.close(linger=0)
         context.term()
 

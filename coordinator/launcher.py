@@ -30,6 +30,19 @@ class Progress:
         self.lock = threading.Lock()
         self.first = None           # (step, time) of the first step seen
         self.bar_shown = False
+        self.closed = False         # the reader went away (`| head`): the run stops with a checkpoint
+
+    def _write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except BrokenPipeError:
+            self.closed = True
+            devnull = os.open(os.devnull, os.O_WRONLY)      # later writes, the exit's flush too, go nowhere
+            for stream in (sys.stdout, sys.stderr):
+                os.dup2(devnull, stream.fileno())
 
     def update(self, line: dict) -> None:
         step, total = line["step"], line.get("target_step", line["step"])
@@ -48,21 +61,19 @@ class Progress:
         width = 30
         filled = int(width * step / max(total, 1))
         with self.lock:
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss "
-                             f"{line['loss']:.4f} {chars_per_s:,.0f} chars/s ETA {eta} "
-                             f"workers {line.get('workers', 0)}  ")
-            sys.stderr.flush()
+            self._write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss "
+                        f"{line['loss']:.4f} {chars_per_s:,.0f} chars/s ETA {eta} "
+                        f"workers {line.get('workers', 0)}  ")
             self.bar_shown = True
 
     def message(self, text: str) -> None:
         with self.lock:
-            if self.bar_shown:
-                sys.stderr.write("\r\033[K")      # the message takes the bar's line; the bar returns
-            print(text, file=sys.stderr, flush=True)
+            # a message takes the bar's line; the bar returns
+            self._write(("\r\033[K" if self.bar_shown else "") + text + "\n")
 
     def close(self) -> None:
         if self.bar_shown:
-            sys.stderr.write("\n")
+            self._write("\n")
             self.bar_shown = False
 
 
@@ -78,6 +89,8 @@ def train_in_process(args) -> int:
     def on_step(line: dict) -> None:
         progress.update(line)
         refresh_curves(args, line["step"])
+        if progress.closed:
+            run.stop_signal = "closed output"
     try:
         run = TrainingRun(config_from_args(args), args.corpus, args.save_dir, steps=args.steps,
                           epochs=args.epochs, fresh=args.fresh, checkpoint_every=args.checkpoint_every,
@@ -168,6 +181,9 @@ class LocalCluster:
                 if "loss" in line:
                     self.progress.update(line)
                     refresh_curves(self.args, line["step"])
+            if self.progress.closed and not self.stop_requested and not finished:
+                self.stop_requested = "closed output"
+                self.coordinator.send_signal(signal.SIGTERM)    # it checkpoints and stops the workers
             if finished:
                 return
             time.sleep(0.1)

@@ -12,11 +12,21 @@ from model.corpus import Corpus
 from model.run import Gathered
 from model.training import Contribution, TrainState, shape_sizes
 from protocol import HEARTBEAT_S, LIVENESS_S, Message
-from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_REFUSED_PUSHES, ProtocolError, reference_of
+from protocol.messages import (DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES, MAX_REFUSED_PUSHES, ProtocolError,
+                               reference_of)
 from protocol.transport import (RateLimitedLog, SendBuffers, bind_router, drain, log_line, peak_rss_mb,
                                 poll, send)
+from protocol.security import ServerHandshakeWatch
 from .server import ParameterServer
 
+
+
+def largest_message_in(dims: dict, chunks: int) -> int:
+    """Bytes of the largest message a worker sends this run: a push of every chunk's states, or
+    a gradient piece, with the largest header the protocol allows."""
+    itemsize = np.dtype(dims["float"]).itemsize
+    push = 2 * dims["L"] * chunks * dims["H"] * itemsize
+    return max(push, max(dims["pieces"]) * itemsize) + MAX_HEADER_BYTES
 
 
 def reference_to(message: Message) -> dict:
@@ -28,6 +38,11 @@ class Coordinator:
     def __init__(self, state: TrainState, corpus: Corpus, bind: str, *, heartbeat_s: float = HEARTBEAT_S,
                  liveness_s: float = LIVENESS_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  min_workers: int = 1, curve_server=None, log=log_line, trace: str | None = None):
+        self.dims = shape_sizes(state.config, state.layout)
+        needed = largest_message_in(self.dims, state.config.chunks)
+        if max_message_bytes < needed:      # else every push would be dropped, and the run would hang
+            raise ValueError(f"--max-message-mb {max_message_bytes / 2 ** 20:g} is below this run's largest "
+                             f"message ({needed / 2 ** 20:.2f} MiB); raise it")
         self.server = ParameterServer(state, corpus, liveness_s, relaying=curve_server is None)
         self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
         self.max_message_bytes = max_message_bytes
@@ -44,7 +59,6 @@ class Coordinator:
         except BaseException:
             self.context.destroy(linger=0)
             raise
-        self.dims = shape_sizes(state.config, state.layout)
         self.min_workers = min_workers      # before the first step, so the partition is reproducible
         self.waiting_logged = time.monotonic()     # "waiting for workers" only after a while alone
         self.buffers = SendBuffers()
@@ -52,6 +66,7 @@ class Coordinator:
         # scripts/netbench.py: per step, when its work went out and its last result came in
         self.trace = open(trace, "a", encoding="utf-8") if trace else None
         self.dispatched_at = 0.0
+        self.handshakes = ServerHandshakeWatch(self.socket, curve=curve_server is not None)
         log(f"coordinator listening on {self.endpoint}")
 
     @property
@@ -110,6 +125,7 @@ class Coordinator:
         self.log(f"{self.reject_log.total} invalid or refused messages in this run; backup copies: "
                  f"{totals.issued} issued, {totals.won} won, {totals.wasted} wasted; "
                  f"peak RSS {peak_rss_mb():.0f} MB")
+        self.handshakes.close()
         self.socket.close(linger=1000)
         if self.trace:
             self.trace.close()
@@ -232,9 +248,17 @@ class Coordinator:
                                                          f"fix or update the worker, then restart it"}))
             self._dispatch(self.server.drop(token))
 
+    def worker_command(self) -> str:
+        """How to start a worker for this coordinator: an address others reach it at, and keys."""
+        endpoint = self.endpoint.replace("tcp://0.0.0.0:", "tcp://THIS-HOST:").replace("tcp://[::]:", "tcp://THIS-HOST:")
+        keys = " --curve-keys DIR --key-name worker" if self.curve_server is not None else ""
+        return f"python -m worker --connect {endpoint}{keys}"
+
     # housekeeping ---------------------------------------------------------------------------
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        for line in self.handshakes.failures():
+            self.reject_log(line)
         dead, work = self.server.reap(now)
         for token in dead:
             self.log(f"worker token {token} silent for over {self.liveness_s:g}s: declared dead, "
@@ -250,6 +274,5 @@ class Coordinator:
             if now - worker.last_sent >= self.heartbeat_s:
                 self._send(worker.token, Message("heartbeat", {"token": worker.token}))
         if not self.server.workers and now - self.waiting_logged > 30:
-            self.log(f"waiting for workers on {self.endpoint} (start one with "
-                     f"`python -m worker --connect {self.endpoint}`)")
+            self.log(f"waiting for workers on {self.endpoint} (start one with `{self.worker_command()}`)")
             self.waiting_logged = now

@@ -97,7 +97,7 @@ def make_corpus(text: str, config: Config, vocab: str | None = None) -> tuple[Co
 def read_corpus(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
-            return handle.read()
+            text = handle.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"corpus {path} not found; run `python scripts/fetch_data.py` "
                                 f"or pass --corpus PATH") from None
@@ -106,3 +106,6 @@ def read_corpus(path: str) -> str:
                          f"pass a text file with --corpus") from None
     except IsADirectoryError:
         raise ValueError(f"corpus {path} is a directory; pass a text file with --corpus") from None
+    if not text:
+        raise ValueError(f"corpus {path} is empty; pass a text file with --corpus")
+    return text

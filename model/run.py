@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from typing import Callable, Protocol
@@ -34,6 +35,14 @@ def check_paths(corpus_path: str, save_dir: str) -> None:
     if os.path.exists(save_dir) and not os.path.isdir(save_dir):
         raise ValueError(f"--save-dir {save_dir} is a file, not a folder; choose a folder for "
                          f"checkpoints and metrics")
+    try:                # a probe, before any step is computed: root passes os.access even on /proc
+        os.makedirs(save_dir, exist_ok=True)
+        probe, probe_path = tempfile.mkstemp(prefix=".probe-", dir=save_dir)
+        os.close(probe)
+        os.unlink(probe_path)
+    except OSError as error:
+        raise ValueError(f"cannot write to --save-dir {save_dir} ({error.strerror}); choose a folder "
+                         f"you can write to") from None
     if not os.path.isfile(corpus_path):
         what = "is a directory" if os.path.isdir(corpus_path) else "not found"
         raise ValueError(f"corpus {corpus_path} {what}; run `python scripts/fetch_data.py` or pass "

@@ -11,6 +11,7 @@ client, so the coordinator always runs one when keys are given."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import zmq
@@ -35,18 +36,44 @@ def _load(path: str, need_secret: bool) -> tuple[bytes, bytes | None]:
     return public, secret
 
 
-def create_keys(directory: str, clients: list[str]) -> None:
-    """A coordinator key pair (kept if present) and one pair per client, each authorised."""
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def create_keys(directory: str, clients: list[str]) -> tuple[list[str], list[str]]:
+    """The coordinator's key pair and one pair per client, each authorised; a pair that exists
+    is kept, never replaced (deployed keys stay valid). Folders are 0700, secrets 0600.
+    Returns (client names created, client names kept)."""
     if not zmq.has("curve"):
         raise SecurityError("this libzmq was built without CURVE support")
-    for sub in ("clients", "authorized"):
-        os.makedirs(os.path.join(directory, sub), exist_ok=True)
-    if not os.path.exists(os.path.join(directory, "coordinator.key_secret")):
-        zmq.auth.create_certificates(directory, "coordinator")
-    for name in clients:
-        public, _ = zmq.auth.create_certificates(os.path.join(directory, "clients"), name)
-        shutil.copyfile(public, os.path.join(directory, "authorized", f"{name}.key"))
-    os.chmod(directory, 0o700)
+    bad = [name for name in clients if not KEY_NAME.match(name) or ".." in name]
+    if bad:
+        raise SecurityError(f"client names must be letters, digits, '_', '.' or '-' (at most 64, no '..'): "
+                            f"{', '.join(map(repr, bad))}")
+    created, kept = [], []
+    previous = os.umask(0o077)      # nothing is readable by others, not even for a moment
+    try:
+        for sub in ("", "clients", "authorized"):
+            os.makedirs(os.path.join(directory, sub), exist_ok=True)
+            os.chmod(os.path.join(directory, sub), 0o700)
+        if not os.path.exists(os.path.join(directory, "coordinator.key_secret")):
+            zmq.auth.create_certificates(directory, "coordinator")
+        for name in clients:
+            public = os.path.join(directory, "clients", f"{name}.key")
+            if os.path.exists(os.path.join(directory, "clients", f"{name}.key_secret")):
+                kept.append(name)
+            else:
+                public, _ = zmq.auth.create_certificates(os.path.join(directory, "clients"), name)
+                created.append(name)
+            authorized = os.path.join(directory, "authorized", f"{name}.key")
+            if not os.path.exists(authorized):
+                shutil.copyfile(public, authorized)
+        for root, _, files in os.walk(directory):
+            for file in files:
+                if file.endswith(".key_secret"):
+                    os.chmod(os.path.join(root, file), 0o600)
+    finally:
+        os.umask(previous)
+    return created, kept
 
 
 class CurveServer:
@@ -100,13 +127,22 @@ class CurveClient:
         socket.curve_serverkey = self.server_public
 
 
+MISMATCH = ("one side runs with --curve-keys and the other without: give the same key folder to "
+            "the coordinator and to every worker and client, or to none of them")
+WRONG_SERVER_KEY = ("the coordinator's public key in the key folder does not match the coordinator: copy "
+                    "coordinator.key from the folder the coordinator uses")
+
+
 class HandshakeWatch:
-    """The client's view of its CURVE handshakes (a libzmq socket monitor): the coordinator's
-    ZAP refusal arrives as a failed handshake with status 400, which is otherwise silent."""
+    """A client's view of its handshakes (a libzmq socket monitor), which are otherwise silent:
+    a ZAP refusal (status 400), a CURVE handshake the coordinator could not decrypt (a wrong
+    coordinator key), and a mechanism mismatch (CurveZMQ on one side only)."""
 
-    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
-    def __init__(self, socket: zmq.Socket):
+    def __init__(self, socket: zmq.Socket, curve: bool):
+        self.curve = curve
         self.monitor = socket.get_monitor_socket(self.EVENTS)
 
     def refusal(self) -> str | None:
@@ -117,10 +153,37 @@ class HandshakeWatch:
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 reason = (f"the coordinator refused this key (ZAP status {event['value']}): add its public "
                           f"key to the coordinator's authorized/ folder, or use --key-name of an authorised client")
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                reason = ("the CurveZMQ handshake failed: the coordinator's key in the key folder does not "
-                          "match the coordinator, or it runs without --curve-keys")
+            elif event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                reason = f"the handshake failed: {MISMATCH}"
+            elif self.curve:        # a CURVE handshake the server dropped: it could not decrypt it
+                reason = f"the CurveZMQ handshake failed: {WRONG_SERVER_KEY}"
         return reason
+
+    def close(self) -> None:
+        self.monitor.close(linger=0)
+
+
+class ServerHandshakeWatch:
+    """The coordinator's view of the handshakes it failed, so that a refused peer is reported on
+    this side too (a ZAP refusal is reported by CurveServer.callback)."""
+
+    def __init__(self, socket: zmq.Socket, curve: bool):
+        self.curve = curve
+        self.monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+    def failures(self) -> list[str]:
+        """One line per failed handshake since the last call; never blocks."""
+        lines = []
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                lines.append(f"refused a connection: {MISMATCH}")
+            elif self.curve and event["value"] == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+                lines.append("refused a CurveZMQ handshake that this coordinator's key cannot decrypt: the "
+                             "client has another coordinator.key than this coordinator's")
+            else:
+                lines.append(f"refused a connection: handshake failed (ZMTP error {event['value']:#x})")
+        return lines
 
     def close(self) -> None:
         self.monitor.close(linger=0)

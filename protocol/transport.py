@@ -83,6 +83,20 @@ class EndpointError(ValueError):
 ENDPOINT_FORM = "a valid endpoint looks like tcp://HOST:PORT or ipc://PATH"
 
 
+def check_endpoint(action: str, endpoint: str, any_port: bool = False) -> None:
+    """EndpointError for a tcp:// endpoint whose port is not 1-65535 (or *, where any_port):
+    libzmq would wrap it modulo 65536, and Python's sockets raise OverflowError."""
+    match = re.match(r"^tcp://.+:([^:\]]*)$", endpoint)
+    if not match:
+        return
+    port = match.group(1)
+    if port == "*" and any_port:
+        return
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        allowed = "a number from 1 to 65535" + (" or *" if any_port else "")
+        raise EndpointError(f"cannot {action} {endpoint}: port {port!r} must be {allowed}")
+
+
 def _endpoint_error(action: str, endpoint: str, error: zmq.ZMQError) -> EndpointError:
     if error.errno == zmq.EADDRINUSE:
         return EndpointError(f"cannot {action} {endpoint}: the port is already in use (another "
@@ -95,6 +109,7 @@ def _endpoint_error(action: str, endpoint: str, error: zmq.ZMQError) -> Endpoint
 def bind_router(context: zmq.Context, endpoint: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                 curve_server=None) -> tuple[zmq.Socket, str]:
     """Binds the coordinator's ROUTER; returns it and the endpoint actually bound (port * resolved)."""
+    check_endpoint("listen on", endpoint, any_port=True)
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 1000)
     socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)   # libzmq drops peers sending larger frames
@@ -110,6 +125,7 @@ def bind_router(context: zmq.Context, endpoint: str, max_message_bytes: int = DE
 
 
 def connect_dealer(context: zmq.Context, endpoint: str, curve_client=None) -> zmq.Socket:
+    check_endpoint("connect to", endpoint)
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.RECONNECT_IVL, 100)

@@ -6,6 +6,7 @@ import _paths
 
 from coordinator.client import PullError
 from model.checkpoint import CheckpointError, load_model
+from model.cli import positive_float
 from model.inference import Model
 from protocol.security import CurveClient, SecurityError
 
@@ -24,8 +25,14 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--curve-keys", metavar="DIR", help="with --coordinator: CurveZMQ key folder")
     parser.add_argument("--key-name", default="sampler", help="with --curve-keys: DIR/clients/NAME.key_secret "
                         "(default: %(default)s)")
-    parser.add_argument("--pull-timeout", type=float, default=10.0,
+    parser.add_argument("--pull-timeout", type=positive_float, default=10.0,
                         help="with --coordinator: seconds to wait for the weights (default: %(default)s)")
+
+
+def check_model_arguments(parser, args) -> None:
+    """Flags that only mean something with another one: a usage error, not silently ignored."""
+    if args.curve_keys and not args.coordinator:
+        parser.error("--curve-keys only applies with --coordinator (a file needs no keys)")
 
 
 def load_meta_params(args):
@@ -36,10 +43,17 @@ def load_meta_params(args):
         curve = CurveClient(args.curve_keys, args.key_name) if args.curve_keys else None
         meta, params = pull_model(args.coordinator, args.pull_timeout, curve)
         return meta, params, f"the live weights of the coordinator at {args.coordinator}"
-    path = args.checkpoint or (LATEST if os.path.exists(LATEST) else SHIPPED)
+    path = checkpoint_path(args)
     meta, params = load_model(path)
     shipped = " (the shipped model; train your own or pass --checkpoint)" if path == SHIPPED else ""
     return meta, params, f"{path}{shipped}"
+
+
+def checkpoint_path(args) -> str | None:
+    """The file the flags name (None for a live coordinator)."""
+    if args.coordinator:
+        return None
+    return args.checkpoint or (LATEST if os.path.exists(LATEST) else SHIPPED)
 
 
 def load_from_args(args) -> Model:
@@ -60,10 +74,13 @@ def finite_positive(text: str) -> float:
 def read_text_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
-            return handle.read()
+            text = handle.read()
     except FileNotFoundError:
         raise ValueError(f"text file {path} not found") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"text file {path} is not UTF-8 ({error})") from None
     except IsADirectoryError:
         raise ValueError(f"text file {path} is a directory") from None
+    if not text:
+        raise ValueError(f"text file {path} is empty; pass a file with some text")
+    return text

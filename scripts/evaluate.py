@@ -3,7 +3,7 @@ import json
 import sys
 
 from model.cli import Parser
-from _load import USER_ERRORS, add_model_arguments, load_from_args, read_text_file
+from _load import USER_ERRORS, add_model_arguments, check_model_arguments, load_from_args, read_text_file
 
 from model.corpus import split_point
 from model.inference import evaluate
@@ -18,6 +18,7 @@ def main(argv=None) -> int:
                              "split of --val-fraction 0.1 (default: the whole text)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    check_model_arguments(parser, args)
     try:
         if args.tail_fraction is not None and not 0 < args.tail_fraction <= 1:
             raise ValueError(f"--tail-fraction must be in (0, 1] (got {args.tail_fraction})")

@@ -37,7 +37,11 @@ def main(argv=None) -> int:
     parser.add_argument("--svg", help="also write the loss-against-step chart alone as this SVG; a bare "
                         "file name goes into --save-dir")
     args = parser.parse_args(argv)
-    page = write_curves(args.save_dir)
+    try:
+        page = write_curves(args.save_dir)
+    except OSError as error:
+        print(f"error: cannot write the curves page into {args.save_dir} ({error.strerror})", file=sys.stderr)
+        return 2
     if page is None:
         print(f"error: no metrics.jsonl in {args.save_dir}; train first", file=sys.stderr)
         return 2
@@ -45,13 +49,18 @@ def main(argv=None) -> int:
     if args.svg:
         if not os.path.dirname(args.svg):
             args.svg = os.path.join(args.save_dir, args.svg)
-        with open(args.svg, "w", encoding="utf-8") as handle:
-            handle.write(step_chart_svg(os.path.join(args.save_dir, "metrics.jsonl")))
+        try:
+            with open(args.svg, "w", encoding="utf-8") as handle:
+                handle.write(step_chart_svg(os.path.join(args.save_dir, "metrics.jsonl")))
+        except OSError as error:
+            print(f"error: cannot write --svg {args.svg} ({error.strerror}); name a file in a folder "
+                  f"you can write to", file=sys.stderr)
+            return 2
         print(f"wrote {args.svg}")
     if args.png:
         try:
             write_png(args.save_dir, args.png)
-        except RuntimeError as error:
+        except (RuntimeError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         print(f"wrote {args.png}")

@@ -4,8 +4,8 @@ import argparse
 import os
 import sys
 
-from model.cli import Parser
-from _load import USER_ERRORS, add_model_arguments, finite_positive, load_from_args
+from model.cli import Parser, non_negative_int
+from _load import USER_ERRORS, add_model_arguments, check_model_arguments, finite_positive, load_from_args
 
 from model.corpus import encode
 from model.inference import sample
@@ -21,18 +21,17 @@ def temperature(text: str) -> float:
 def main(argv=None) -> int:
     parser = Parser(description=__doc__)
     add_model_arguments(parser)
-    parser.add_argument("--length", type=int, default=1000, help="characters to generate (default: %(default)s)")
+    parser.add_argument("--length", type=non_negative_int, default=1000, help="characters to generate (default: %(default)s)")
     parser.add_argument("--temperature", type=temperature, default=0.8,
                         help="divides the logits; lower is safer, higher is wilder; > 0 (default: %(default)s)")
     parser.add_argument("--prime", default="\n", help="text to start from, printed before the sample "
                         "(default: a newline)")
     parser.add_argument("--no-echo", action="store_true", help="do not print the prime before the sample")
-    parser.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest characters; 0 = all")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same text (default: %(default)s)")
+    parser.add_argument("--top-k", type=non_negative_int, default=0, help="sample only among the k likeliest characters; 0 = all")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed; same seed, same text (default: %(default)s)")
     args = parser.parse_args(argv)
+    check_model_arguments(parser, args)
     try:
-        if args.length < 0 or args.top_k < 0:
-            raise ValueError("--length and --top-k must be >= 0")
         model = load_from_args(args)
         encode(args.prime, model.vocab)
         print(model.source, file=sys.stderr, flush=True)

@@ -15,7 +15,9 @@ import argparse  # noqa: E402
 
 from coordinator.launcher import LocalCluster, train_in_process  # noqa: E402
 from model.checkpoint import CheckpointError, export_model, load_model  # noqa: E402
-from model.cli import Parser, RecipeError, add_training_arguments, load_recipe  # noqa: E402
+from model.config import Config  # noqa: E402
+from model.cli import (Parser, RecipeError, add_training_arguments, load_recipe, non_negative_int, positive_float,
+                       positive_int)  # noqa: E402
 from model.run import check_paths, target_steps  # noqa: E402
 from protocol import LIVENESS_S  # noqa: E402
 
@@ -23,14 +25,14 @@ from protocol import LIVENESS_S  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__)
     parser.add_argument("--recipe", help="JSON recipe whose flags become the defaults (see saves/README.md)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=non_negative_int, default=os.cpu_count() or 1,
                         help="worker processes; 0 trains in this process (default: cores = %(default)s)")
-    parser.add_argument("--blas-threads", type=int, default=1,
+    parser.add_argument("--blas-threads", type=positive_int, default=1,
                         help="BLAS threads per worker process; workers x threads should not exceed the "
                              "cores (default: %(default)s)")
-    parser.add_argument("--liveness", type=float, default=LIVENESS_S,
+    parser.add_argument("--liveness", type=positive_float, default=LIVENESS_S,
                         help="seconds of silence before a worker is declared dead (default: %(default)s)")
-    parser.add_argument("--plot-every", type=int, default=100,
+    parser.add_argument("--plot-every", type=non_negative_int, default=100,
                         help="refresh <save-dir>/curves.html every N steps; 0 = never (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     add_training_arguments(parser)
@@ -59,6 +61,20 @@ def export_if_finished(args, out: str) -> int:
     return 0
 
 
+def chunks_of_run(args) -> int:
+    """How many chunks the run trains: --chunks, else its checkpoint's (when it resumes), else
+    the default."""
+    if args.chunks is not None:
+        return args.chunks
+    path = os.path.join(args.save_dir, "checkpoint.npz")
+    if not args.fresh and os.path.exists(path):
+        try:
+            return int(load_model(path)[0]["chunks"])
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            pass                # the run itself reports an unreadable checkpoint
+    return Config().chunks
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     recipe = None
@@ -70,13 +86,15 @@ def main(argv=None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
-    if args.workers < 0:
-        parser.error("--workers must be >= 0")
     try:
         check_paths(args.corpus, args.save_dir)      # before any process starts
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    chunks = chunks_of_run(args)
+    if args.workers > chunks:      # a worker computes at least one chunk: the rest would idle
+        print(f"--workers {args.workers}: the run has {chunks} chunks, so {chunks} workers start", file=sys.stderr)
+        args.workers = chunks
     code = train_in_process(args) if args.workers == 0 else LocalCluster(args).run()
     if code == 0 and recipe and recipe.get("export"):
         code = export_if_finished(args, recipe["export"])

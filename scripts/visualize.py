@@ -1,14 +1,13 @@
 """Pictures of single neurons: each character's background coloured by one neuron's activation
 (white = -1 through red = +1), as a self-contained HTML page; --find ranks every neuron against
 named character-level features and writes an index page."""
-import argparse
 import os
 import sys
 
 import _paths
 import numpy as np
-from model.cli import Parser
-from _load import USER_ERRORS, add_model_arguments, load_from_args, read_text_file
+from model.cli import Parser, positive_int
+from _load import USER_ERRORS, add_model_arguments, check_model_arguments, load_from_args, read_text_file
 from _neuron_page import index_page, neuron_section, page, write_png
 
 from model.corpus import encode, read_corpus, split_point
@@ -18,13 +17,6 @@ from model.neurons import FeatureScores, features
 DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
 DEFAULT_LENGTH = 2000
 DEFAULT_EXCERPT = 2000
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
-    return value
 
 
 def default_text(model, length: int) -> str:
@@ -96,8 +88,9 @@ def main(argv=None) -> int:
                         "(default: saves/neurons/)")
     parser.add_argument("--png", action="store_true", help="also write a PNG of each picture (needs Pillow)")
     parser.add_argument("--find", action="store_true", help="rank every neuron against named features")
-    parser.add_argument("--top", type=int, default=5, help="neurons listed per feature with --find (default: %(default)s)")
+    parser.add_argument("--top", type=positive_int, default=5, help="neurons listed per feature with --find (default: %(default)s)")
     args = parser.parse_args(argv)
+    check_model_arguments(parser, args)
     try:
         if args.quantity not in QUANTITIES:
             raise ValueError(f"unknown --quantity {args.quantity!r}; choose one of {', '.join(QUANTITIES)}")

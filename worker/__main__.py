@@ -7,7 +7,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from model.cli import Parser  # noqa: E402
+from model.cli import Parser, positive_float  # noqa: E402
 from protocol import LIVENESS_S  # noqa: E402
 from protocol.security import CurveClient, SecurityError  # noqa: E402
 from .service import Worker  # noqa: E402
@@ -19,10 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="coordinator endpoint, tcp://HOST:PORT or ipc://PATH (default: "
                              "$CHARLSTM_COORDINATOR or %(default)s)")
     parser.add_argument("--name", help="name shown in the coordinator's log (default: host:pid)")
-    parser.add_argument("--liveness", type=float, default=LIVENESS_S,
+    parser.add_argument("--liveness", type=positive_float, default=LIVENESS_S,
                         help="seconds without a word from the coordinator before reconnecting, until "
                              "the coordinator's own value arrives (default: %(default)s)")
-    parser.add_argument("--backoff-max", type=float, default=5.0,
+    parser.add_argument("--backoff-max", type=positive_float, default=5.0,
                         help="longest wait between reconnection attempts, seconds (default: %(default)s)")
     parser.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ key folder (scripts/make_keys.py)")
     parser.add_argument("--key-name", default="worker",

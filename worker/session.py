@@ -43,7 +43,7 @@ class Session:
     def __init__(self, worker):
         self.worker = worker
         self.socket = connect_dealer(worker.context, worker.endpoint, worker.curve_client)
-        self.handshakes = HandshakeWatch(self.socket) if worker.curve_client else None
+        self.handshakes = HandshakeWatch(self.socket, curve=worker.curve_client is not None)
         host = local_address_toward(worker.endpoint) if worker.relaying and not worker.curve_client else None
         self.relay, self.relay_endpoint = (bind_relay(worker.context, host, worker.max_message_bytes)
                                            if host else (None, ""))
@@ -68,7 +68,7 @@ class Session:
                 sockets = [self.socket, worker.wake_read] + ([self.relay] if self.relay else [])
                 ready = poll(sockets, worker.heartbeat_s / 2)
                 now = time.monotonic()
-                refusal = self.handshakes.refusal() if self.handshakes else None
+                refusal = self.handshakes.refusal()
                 if refusal:
                     worker.log(f"error: worker {worker.name}: {refusal}")
                     return "refused"
@@ -102,8 +102,7 @@ class Session:
             for params in self.params.values():
                 params.abort()
             worker.outbox.clear()
-            if self.handshakes:
-                self.handshakes.close()
+            self.handshakes.close()
             for peer in self.peers.values():
                 peer.close(linger=0)
             if self.relay:
