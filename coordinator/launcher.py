@@ -17,64 +17,9 @@ import time
 from model.checkpoint import CheckpointError
 from model.cli import config_from_args, explicit_settings, training_argv
 from model.curves import write_curves
+from model.progress import Progress
 from model.run import InProcessSource, TrainingRun
 from model.threads import blas_thread_env
-
-
-class Progress:
-    """One line redrawn in place on a terminal, else a plain line per step; every other message
-    goes through message(), so lines from several processes never run together."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self.lock = threading.Lock()
-        self.first = None           # (step, time) of the first step seen
-        self.bar_shown = False
-        self.closed = False         # the reader went away (`| head`): the run stops with a checkpoint
-
-    def _write(self, text: str) -> None:
-        if self.closed:
-            return
-        try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-        except BrokenPipeError:
-            self.closed = True
-            devnull = os.open(os.devnull, os.O_WRONLY)      # later writes, the exit's flush too, go nowhere
-            for stream in (sys.stdout, sys.stderr):
-                os.dup2(devnull, stream.fileno())
-
-    def update(self, line: dict) -> None:
-        step, total = line["step"], line.get("target_step", line["step"])
-        chars_per_s = line.get("chars_per_s") or 0.0
-        if not self.enabled:
-            self.message(f"step {step}/{total} epoch {line['epoch']:.3f} loss {line['loss']:.4f} "
-                         f"chars/s {chars_per_s:.0f} workers {line.get('workers', 0)}")
-            return
-        now = time.monotonic()
-        if self.first is None:
-            self.first = (step, now)
-        done, seconds = step - self.first[0], now - self.first[1]
-        eta = "--:--:--"
-        if done > 0 and seconds > 0:
-            eta = time.strftime("%H:%M:%S", time.gmtime((total - step) * seconds / done))
-        width = 30
-        filled = int(width * step / max(total, 1))
-        with self.lock:
-            self._write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss "
-                        f"{line['loss']:.4f} {chars_per_s:,.0f} chars/s ETA {eta} "
-                        f"workers {line.get('workers', 0)}  ")
-            self.bar_shown = True
-
-    def message(self, text: str) -> None:
-        with self.lock:
-            # a message takes the bar's line; the bar returns
-            self._write(("\r\033[K" if self.bar_shown else "") + text + "\n")
-
-    def close(self) -> None:
-        if self.bar_shown:
-            self._write("\n")
-            self.bar_shown = False
 
 
 def refresh_curves(args, step: int) -> None:

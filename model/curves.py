@@ -33,6 +33,7 @@ def moving_average(values: list[float], window: int) -> list[float]:
 
 
 def _chart(title: str, xlabel: str, series: list[tuple[str, str, list, list]]) -> str:
+    series = [entry for entry in series if entry[2]]      # a legend names only what is drawn
     xs = [x for _, _, sx, _ in series for x in sx]
     ys = [y for _, _, _, sy in series for y in sy]
     if not xs:
@@ -63,6 +64,8 @@ def _chart(title: str, xlabel: str, series: list[tuple[str, str, list, list]]) -
     for k, (name, colour, sx, sy) in enumerate(series):
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(sx, sy))
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>')
+        if len(sx) < 2:         # a single validation has no line to draw: a dot shows it
+            parts.append(f'<circle cx="{px(sx[0]):.1f}" cy="{py(sy[0]):.1f}" r="3" fill="{colour}"/>')
         parts.append(f'<text x="{WIDTH - PAD - 4}" y="{PAD + 14 * k}" text-anchor="end" fill="{colour}">'
                      f'{html.escape(name)}</text>')
     return "".join(parts) + "</svg>"

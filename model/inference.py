@@ -57,8 +57,9 @@ def sample(model: Model, length: int, prime: str = "\n", temperature: float = 1.
         last = logits[-1].astype(np.float64)
 
 
-def evaluate(model: Model, text: str, window: int = 1000) -> dict:
-    """Mean cross-entropy predicting each next character of text, state carried from zero."""
+def evaluate(model: Model, text: str, window: int = 1000, on_progress=None) -> dict:
+    """Mean cross-entropy predicting each next character of text, state carried from zero.
+    on_progress(done, total, nats so far), when given, is called after each window."""
     indices = encode(text, model.vocab)
     if indices.size < 2:
         raise ValueError("the text needs at least two characters to predict one")
@@ -71,6 +72,9 @@ def evaluate(model: Model, text: str, window: int = 1000) -> dict:
         loss_sum, _ = lstm.cross_entropy(logits, targets[None, :])
         total += loss_sum
         state = lstm.final_state(caches)
+        if on_progress is not None:
+            done = start + inputs.size
+            on_progress(done, indices.size - 1, total / done)
     chars = int(indices.size - 1)
     nats = total / chars
     return {"nats_per_char": nats, "bits_per_char": nats / math.log(2), "chars": chars}

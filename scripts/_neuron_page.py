@@ -35,9 +35,14 @@ def _shown(ch: str) -> str:
     return "↵\n" if ch == "\n" else html.escape(ch)
 
 
+def _named(ch: str) -> str:
+    """A character as the tooltip shows it: a space as ␣ (a blank would read as nothing)."""
+    return "␣" if ch == " " else json.dumps(ch)[1:-1]
+
+
 def top_predictions(probs: np.ndarray, vocab: str, k: int = 5) -> str:
     best = np.argsort(-probs)[:k]
-    return "|".join(f"{json.dumps(vocab[i])[1:-1] or ' '} {probs[i]:.3f}" for i in best)
+    return "|".join(f"{_named(vocab[i])} {probs[i]:.3f}" for i in best)
 
 
 def text_block(text: str, values: np.ndarray, probs: np.ndarray, vocab: str) -> str:
@@ -80,14 +85,31 @@ def index_page(title: str, ranking: dict, links: dict, absent=()) -> str:
     return page(title, table)
 
 
+PNG_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf", "DejaVuSansMono.ttf")
+PNG_FONT_SIZE = 14
+
+
+def _png_font(ImageFont):
+    """A readable monospace font and its cell size: DejaVu Sans Mono where installed, else
+    Pillow's own scalable default (10.1+), else its small bitmap font."""
+    for name in PNG_FONTS:
+        try:
+            return ImageFont.truetype(name, PNG_FONT_SIZE), (9, 18)
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=PNG_FONT_SIZE), (9, 18)
+    except TypeError:
+        return ImageFont.load_default(), (8, 14)
+
+
 def write_png(path: str, text: str, values: np.ndarray, columns: int = 100) -> None:
     """The same picture as a PNG with Pillow (an optional extra: pip install pillow)."""
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
         raise RuntimeError("--png needs Pillow: pip install pillow") from None
-    font = ImageFont.load_default()
-    cell_w, cell_h = 8, 14
+    font, (cell_w, cell_h) = _png_font(ImageFont)
     positions, row, col = [], 0, 0
     for ch in text:
         positions.append((row, col))

@@ -6,6 +6,7 @@ from model.cli import Parser
 from _load import USER_ERRORS, add_model_arguments, check_model_arguments, load_from_args, read_text_file
 
 from model.corpus import split_point
+from model.progress import Progress
 from model.inference import evaluate
 
 
@@ -26,11 +27,17 @@ def main(argv=None) -> int:
         text = read_text_file(args.text)
         if args.tail_fraction is not None:
             text = text[split_point(len(text), args.tail_fraction):]
-        result = evaluate(model, text)
+        progress = Progress(True)
+        print(model.source, file=sys.stderr)
+        result = evaluate(model, text, on_progress=lambda done, total, nats: progress.advance(
+            done, total, f"evaluating, {nats:.4f} nats/char so far"))
+        progress.close()
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(model.source, file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result))
     else:

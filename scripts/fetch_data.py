@@ -29,9 +29,13 @@ def main(argv=None) -> int:
             with urllib.request.urlopen(args.url, timeout=60) as response, open(temp, "wb") as out:
                 shutil.copyfileobj(response, out)
     except (urllib.error.URLError, OSError) as error:
-        print(f"error: could not get the corpus ({error}). If this machine is offline, copy "
-              f"input.txt from {URL} here by other means and run "
-              f"`python scripts/fetch_data.py --from PATH`.", file=sys.stderr)
+        if args.source:
+            print(f"error: could not copy --from {args.source} ({getattr(error, 'strerror', None) or error})",
+                  file=sys.stderr)
+        else:
+            print(f"error: could not get the corpus ({error}). If this machine is offline, copy "
+                  f"input.txt from {URL} here by other means and run "
+                  f"`.venv/bin/python scripts/fetch_data.py --from PATH`.", file=sys.stderr)
         return 2
     with open(temp, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()

@@ -213,7 +213,7 @@ def main(argv=None) -> int:
 
 
 def print_row(label: str, f: dict) -> None:
-    ms = lambda key: f"{f[key] * 1000:5.0f}"
+    ms = lambda key: f"{round(f[key] * 1000):5d}"      # whole ms: a rounding of -0.3 ms reads 0, not -0
     link = f["coordinator_link_mb_per_step"]
     print(f"{label:28s} {f['chars_per_s']:7,.0f} chars/s  step {ms('step_s')} ms = out {ms('out_s')} + queued "
           f"{ms('queued_s')} + compute {ms('compute_s')} + in {ms('in_s')} + update {ms('update_s')} + idle {ms('idle_s')}  "

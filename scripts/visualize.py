@@ -2,6 +2,7 @@
 (white = -1 through red = +1), as a self-contained HTML page; --find ranks every neuron against
 named character-level features and writes an index page."""
 import os
+import re
 import sys
 
 import _paths
@@ -13,10 +14,12 @@ from _neuron_page import index_page, neuron_section, page, write_png
 from model.corpus import encode, read_corpus, split_point
 from model.inference import QUANTITIES, activations, sample, stream_activations
 from model.neurons import FeatureScores, features
+from model.progress import Progress
 
 DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
 DEFAULT_LENGTH = 2000
 DEFAULT_EXCERPT = 2000
+NEURON_PAGE = re.compile(r"^layer\d+_neuron\d+\.html$")     # what --find writes, one page per neuron
 
 
 def default_text(model, length: int) -> str:
@@ -39,8 +42,11 @@ def excerpt_label(text: str, excerpt: str) -> str:
 def find(model, text: str, excerpt: str, out_dir: str, top: int, quantity: str) -> str:
     """Scores every neuron over the whole text in bounded memory; pages show the excerpt."""
     scores = FeatureScores(features(text))
+    progress = Progress(True)
     for start, acts in stream_activations(model, text, quantity):          # acts (L, w, H)
         scores.add(start, acts.transpose(0, 2, 1).reshape(-1, acts.shape[1]))
+        progress.advance(start + acts.shape[1], len(text), "scoring every neuron")
+    progress.close()
     ranking = scores.ranking(model.hidden, top)
     acts = activations(model, excerpt)
     os.makedirs(out_dir, exist_ok=True)
@@ -55,6 +61,11 @@ def find(model, text: str, excerpt: str, out_dir: str, top: int, quantity: str) 
                                      model.vocab)
             with open(os.path.join(out_dir, name), "w", encoding="utf-8") as handle:
                 handle.write(page(f"layer {layer} neuron {neuron}", section))
+    stale = [f for f in os.listdir(out_dir) if NEURON_PAGE.match(f) and f not in links.values()]
+    for name in stale:
+        os.unlink(os.path.join(out_dir, name))
+    if stale:
+        print(f"removed {len(stale)} neuron pages of an earlier --find from {out_dir}", file=sys.stderr)
     absent = [name for name in scores.names if name not in ranking]
     index = os.path.join(out_dir, "index.html")
     with open(index, "w", encoding="utf-8") as handle:
@@ -95,6 +106,7 @@ def main(argv=None) -> int:
         if args.quantity not in QUANTITIES:
             raise ValueError(f"unknown --quantity {args.quantity!r}; choose one of {', '.join(QUANTITIES)}")
         model = load_from_args(args)
+        print(model.source, file=sys.stderr)
         if not 0 <= args.layer < model.layers:
             raise ValueError(f"--layer {args.layer} is out of range: the model has layers 0..{model.layers - 1}")
         bad = [n for n in args.neuron if not 0 <= n < model.hidden]
@@ -130,6 +142,9 @@ def main(argv=None) -> int:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; pages already written are kept", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,6 +1,7 @@
 """A new user's mistakes, round two: each ends in one `error:` line and exit 2, and nothing (keys,
 checkpoints) is overwritten without a word."""
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -133,3 +134,34 @@ def test_in_process_training_into_a_closed_pipe_still_checkpoints(small_corpus, 
     assert "Traceback" not in result.stdout + result.stderr
     from model.checkpoint import load_state
     assert load_state(os.path.join(save_dir, "checkpoint.npz")).step == helpers.last_step(save_dir) >= 1
+
+
+def test_long_reads_of_a_text_say_how_far_they_got_and_stop_quietly(checkpoint, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(generated_text(5000), encoding="utf-8")
+    evaluated = helpers.run_script("evaluate.py", "--checkpoint", checkpoint, "--text", text)
+    assert "evaluating, " in evaluated.stderr and "of 4,999 characters (100 %)" in evaluated.stderr
+    out = tmp_path / "neurons"
+    out.mkdir()
+    (out / "layer9_neuron99.html").write_text("an old page")
+    found = helpers.run_script("visualize.py", "--checkpoint", checkpoint, "--text", text, "--find", "--out", out)
+    assert f"model: {checkpoint}" in found.stderr and "scoring every neuron" in found.stderr
+    assert "removed 1 neuron pages of an earlier --find" in found.stderr
+    assert not (out / "layer9_neuron99.html").exists()
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(generated_text(3_000_000), encoding="utf-8")
+    for script, extra in (("evaluate.py", []), ("visualize.py", ["--find", "--out", out])):
+        process = subprocess.Popen([sys.executable, os.path.join(helpers.ROOT, "scripts", script), "--checkpoint",
+                                    checkpoint, "--text", str(long_text), *map(str, extra)], env=helpers.env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        helpers.wait_for(lambda: process.poll() is not None or os.path.getsize(long_text) and
+                         _started(process), 30, f"{script} to start")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130 and "Traceback" not in stderr and "interrupted" in stderr, stderr
+
+
+def _started(process) -> bool:
+    """The script is past its imports (it said which model it uses)."""
+    import select
+    return bool(select.select([process.stderr], [], [], 0)[0])
