@@ -129,3 +129,26 @@ def test_secure_overlay_runs_with_keys_laid_out_as_its_secrets(compose, tmp_path
         assert worker.wait(20) == 0
     finally:
         helpers.stop_all(coordinator, worker)
+
+
+# What `docker stack deploy` (Compose file format 3) refuses or ignores, per service.
+NOT_IN_A_STACK = {"profiles", "build", "depends_on", "restart", "container_name", "links"}
+
+
+def test_the_swarm_stack_is_a_valid_stack_with_the_compose_file_s_commands(compose):
+    with open(os.path.join(ROOT, "docker-stack.yml")) as handle:
+        stack = yaml.safe_load(handle)
+    assert str(stack["version"]).startswith("3.") and float(stack["version"]) >= 3.3    # endpoint_mode
+    assert set(stack["services"]) == {"coordinator", "worker"}
+    for name, service in stack["services"].items():
+        assert not NOT_IN_A_STACK & set(service), (name, NOT_IN_A_STACK & set(service))
+        assert service["image"] == compose["services"][name]["image"]
+        assert service["command"] == compose["services"][name]["command"], f"{name}: the stack trains alike"
+        assert service["environment"] == compose["services"][name]["environment"]
+    coordinator = stack["services"]["coordinator"]
+    # a virtual IP did not carry ZeroMQ's connections on a real single-node swarm: DNS round robin
+    # does, and it cannot use the routing mesh, so the port is published on the node itself
+    assert coordinator["deploy"]["endpoint_mode"] == "dnsrr"
+    assert coordinator["ports"] == [{"target": 5555, "published": 5555, "protocol": "tcp", "mode": "host"}]
+    assert coordinator["deploy"]["replicas"] == 1
+    assert stack["networks"]["default"]["attachable"] is True
