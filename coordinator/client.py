@@ -20,12 +20,13 @@ class PullError(Exception):
 def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tuple[dict, np.ndarray]:
     """(meta, flat params) as the coordinator has them now; PullError if it does not answer."""
     context = zmq.Context()
+    handshakes = HandshakeWatch(curve=curve_client is not None)
     try:
-        socket = connect_dealer(context, endpoint, curve_client)
+        socket = connect_dealer(context, endpoint, curve_client, handshakes.attach)
     except BaseException:
+        handshakes.close()
         context.term()
         raise
-    handshakes = HandshakeWatch(socket, curve=curve_client is not None)
     try:
         send(socket, Message("pull"))
         deadline = time.monotonic() + timeout_s

@@ -129,8 +129,11 @@ class CurveClient:
 
 MISMATCH = ("one side runs with --curve-keys and the other without: give the same key folder to "
             "the coordinator and to every worker and client, or to none of them")
-WRONG_SERVER_KEY = ("the coordinator's public key in the key folder does not match the coordinator: copy "
-                    "coordinator.key from the folder the coordinator uses")
+WRONG_SERVER_KEY = ("the coordinator's public key in the key folder does not match the coordinator (copy "
+                    "coordinator.key from the folder the coordinator uses), or it runs without --curve-keys")
+PLAIN_DROPPED = ("the coordinator dropped this client's plain-text handshake: it runs with --curve-keys, "
+                 "so give this client --curve-keys DIR too")
+FAILURES_BEFORE_GIVING_UP = 3   # handshakes without detail, in a row: one could be a coordinator restarting
 
 
 class HandshakeWatch:
@@ -139,10 +142,15 @@ class HandshakeWatch:
     coordinator key), and a mechanism mismatch (CurveZMQ on one side only)."""
 
     EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
-    def __init__(self, socket: zmq.Socket, curve: bool):
+    def __init__(self, curve: bool):
         self.curve = curve
+        self.monitor = None
+        self.undetailed_in_a_row = 0
+
+    def attach(self, socket: zmq.Socket) -> None:
+        """Before the socket connects: a handshake that fails at once is seen too."""
         self.monitor = socket.get_monitor_socket(self.EVENTS)
 
     def refusal(self) -> str | None:
@@ -150,17 +158,23 @@ class HandshakeWatch:
         reason = None
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.undetailed_in_a_row = 0
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 reason = (f"the coordinator refused this key (ZAP status {event['value']}): add its public "
                           f"key to the coordinator's authorized/ folder, or use --key-name of an authorised client")
             elif event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 reason = f"the handshake failed: {MISMATCH}"
-            elif self.curve:        # a CURVE handshake the server dropped: it could not decrypt it
-                reason = f"the CurveZMQ handshake failed: {WRONG_SERVER_KEY}"
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:    # the coordinator hung up
+                self.undetailed_in_a_row += 1
+                if self.undetailed_in_a_row >= FAILURES_BEFORE_GIVING_UP:
+                    reason = (f"the CurveZMQ handshake failed: {WRONG_SERVER_KEY}" if self.curve
+                              else f"the handshake failed: {PLAIN_DROPPED}")
         return reason
 
     def close(self) -> None:
-        self.monitor.close(linger=0)
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
 
 
 class ServerHandshakeWatch:

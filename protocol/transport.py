@@ -124,14 +124,17 @@ def bind_router(context: zmq.Context, endpoint: str, max_message_bytes: int = DE
     return socket, socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def connect_dealer(context: zmq.Context, endpoint: str, curve_client=None) -> zmq.Socket:
+def connect_dealer(context: zmq.Context, endpoint: str, curve_client=None, before_connect=None) -> zmq.Socket:
+    """A DEALER to the coordinator; curve_client and before_connect (e.g. a handshake monitor's
+    attach) are applied to it before it connects."""
     check_endpoint("connect to", endpoint)
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.RECONNECT_IVL, 100)
     socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    if curve_client is not None:
-        curve_client(socket)
+    for prepare in (curve_client, before_connect):
+        if prepare is not None:
+            prepare(socket)
     try:
         socket.connect(endpoint)
     except zmq.ZMQError as error:

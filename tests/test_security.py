@@ -1,5 +1,6 @@
 """CurveZMQ: authorised workers train; unauthorised and plain-text peers are refused; warnings."""
 import os
+import re
 import shutil
 
 import pytest
@@ -67,10 +68,51 @@ def test_unauthorised_key_is_refused_and_both_sides_say_so(keys, secure_coordina
     assert offered in intruder_key
 
 
-def test_plain_text_peer_is_refused(secure_coordinator):
-    _, endpoint, _ = secure_coordinator
-    with pytest.raises(PullError):
-        pull_model(endpoint, 2)
+def test_plain_text_peer_is_refused_and_both_sides_say_why(secure_coordinator):
+    coordinator, endpoint, save_dir = secure_coordinator
+    # libzmq tells a plain-text client either that the mechanisms differ or nothing at all: both say what to do
+    told = "one side runs with --curve-keys and the other without|it runs with --curve-keys, so give this client"
+    with pytest.raises(PullError, match=told):
+        pull_model(endpoint, 10)
+    log_path = str(save_dir / "plain.log")
+    plain = helpers.spawn("worker", "--connect", endpoint, "--liveness", "1", log_path=log_path)
+    try:
+        assert plain.wait(20) == 2
+    finally:
+        helpers.stop_all(plain)
+    errors = [l for l in open(log_path).read().splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and re.search(told, errors[0])
+    helpers.wait_for(lambda: "refused a connection: one side runs with --curve-keys" in
+                     (save_dir / "coordinator.log").read_text(), 10, "the coordinator's line")
+    assert coordinator.poll() is None
+
+
+def test_a_wrong_coordinator_key_is_reported_on_both_sides(keys, secure_coordinator, tmp_path):
+    coordinator, endpoint, save_dir = secure_coordinator
+    wrong = tmp_path / "wrong"
+    shutil.copytree(keys, wrong)
+    create_keys(str(tmp_path / "other"), [])                      # another coordinator's key pair
+    shutil.copyfile(tmp_path / "other" / "coordinator.key", wrong / "coordinator.key")
+    log_path = str(save_dir / "wrong.log")
+    worker = helpers.spawn("worker", "--connect", endpoint, "--curve-keys", wrong, "--key-name", "worker",
+                           "--liveness", "1", log_path=log_path)
+    try:
+        assert worker.wait(20) == 2
+    finally:
+        helpers.stop_all(worker)
+    errors = [l for l in open(log_path).read().splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "does not match the coordinator" in errors[0]
+    helpers.wait_for(lambda: "this coordinator's key cannot decrypt" in (save_dir / "coordinator.log").read_text(),
+                     10, "the coordinator's line")
+
+
+def test_the_idle_hint_names_a_reachable_address_and_the_keys(keys, tmp_path):
+    from coordinator.service import Coordinator
+    hint = Coordinator.worker_command
+    stub = type("Stub", (), {"endpoint": "tcp://0.0.0.0:5555", "curve_server": object()})()
+    assert hint(stub) == "python -m worker --connect tcp://THIS-HOST:5555 --curve-keys DIR --key-name worker"
+    stub.endpoint, stub.curve_server = "tcp://127.0.0.1:7", None
+    assert hint(stub) == "python -m worker --connect tcp://127.0.0.1:7"
 
 
 def test_an_unauthorised_worker_never_gets_work(keys, secure_coordinator):

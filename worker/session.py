@@ -42,8 +42,8 @@ def job_key(message: Message) -> tuple:
 class Session:
     def __init__(self, worker):
         self.worker = worker
-        self.socket = connect_dealer(worker.context, worker.endpoint, worker.curve_client)
-        self.handshakes = HandshakeWatch(self.socket, curve=worker.curve_client is not None)
+        self.handshakes = HandshakeWatch(curve=worker.curve_client is not None)
+        self.socket = connect_dealer(worker.context, worker.endpoint, worker.curve_client, self.handshakes.attach)
         host = local_address_toward(worker.endpoint) if worker.relaying and not worker.curve_client else None
         self.relay, self.relay_endpoint = (bind_relay(worker.context, host, worker.max_message_bytes)
                                            if host else (None, ""))
