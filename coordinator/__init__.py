@@ -1,1 +1,6 @@
-"""The coordinator: parameter server, chunk assignment, checkpoints (python -m coordinator)."""
+"""The coordinator: parameter server, chunk assignment, checkpoints (python -m coordinator).
+
+One distributed step is Coordinator.gather in service.py: start (server.start_step) ->
+dispatch (sender.dispatch) -> intake (intake.handle -> server.accept_piece / accept_push) ->
+watch (housekeeping: dead workers, backup copies, a chain that does not carry) -> collect
+(server.collect: the gradients in summing order, for model/run.py apply_step)."""

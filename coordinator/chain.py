@@ -8,10 +8,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pieces import GradientPieces
+from .assembler import GradientAssembler
 
 CHAIN_GRACE_S = 1.0     # after the last push, how long the chain's sum may take before it is abandoned
 NO_LINKS = {"params_to": "", "sum_from": False, "sum_to": ""}
+
+
+# What an abandoned chain asks the socket loop to send.
+@dataclass(frozen=True)
+class SendDirect:
+    token: int
+    group: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SendParams:
+    token: int
 
 
 @dataclass
@@ -19,7 +31,7 @@ class RelayChain:
     groups: list[tuple[int, ...]]       # ascending: the order of the sum
     tokens: list[int]                   # who holds each group
     relays: list[str]                   # their relay endpoints
-    pieces: GradientPieces              # the last worker's sums, as they arrive
+    sums: GradientAssembler           # the last worker's sums, as they arrive
     active: bool = True
     total: np.ndarray | None = None     # the whole sum, once every piece is in
     all_pushed_at: float | None = None
@@ -32,7 +44,7 @@ class RelayChain:
             return None
         assignment = sorted(assignment)
         return cls([g for g, _ in assignment], [t for _, t in assignment],
-                   [relays[t] for _, t in assignment], GradientPieces(pieces, dtype))
+                   [relays[t] for _, t in assignment], GradientAssembler(pieces, dtype))
 
     def links(self, group: tuple[int, ...], token: int) -> dict:
         """The `work` fields of that group's holder (SPEC.md 4.5); no links off the chain."""
@@ -50,8 +62,8 @@ class RelayChain:
         """A piece of the chain's sum, from its last worker only."""
         if not self.active or self.total is not None or (group, token) != (self.groups[-1], self.tokens[-1]):
             return False
-        self.pieces.keep(token, step, group, piece, array)
-        self.total = self.pieces.take(token, step, group) if self.pieces.complete(token) else None
+        self.sums.keep(token, step, group, piece, array)
+        self.total = self.sums.take(token, step, group) if self.sums.complete(token) else None
         return True
 
     def overdue(self, now: float) -> bool:
@@ -60,3 +72,15 @@ class RelayChain:
 
     def involves(self, token: int) -> bool:
         return token in self.tokens
+
+    def abandon(self, holder: dict, pushed, live) -> list[SendDirect | SendParams]:
+        """The chain stops: every chained group's live holder (group -> token) sends its own
+        gradient, and one that has not pushed yet (not in `pushed`) gets the parameters too."""
+        self.active = False
+        orders = []
+        for group in self.groups:
+            if holder[group] in live:
+                orders.append(SendDirect(holder[group], group))
+                if group not in pushed:
+                    orders.append(SendParams(holder[group]))
+        return orders

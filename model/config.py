@@ -8,9 +8,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .wire import WIRE_TAGS
+
 DTYPES = ("float32", "float64")
 RECURRENT_FORMS = ("auto", "blocks", "single")
-WIRE_DTYPES = ("exact", "bfloat16", "float16")
+WIRE_DTYPES = tuple(WIRE_TAGS)     # the run setting's names; model/wire.py maps them to the protocol's
 
 # Fields that fix the shape of the parameters or of the data; a resumed run may not change them.
 ARCHITECTURE_FIELDS = ("layers", "hidden", "seq_len", "chunks", "chunk_len", "val_fraction", "dtype")

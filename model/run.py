@@ -58,8 +58,11 @@ def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) 
 
 @dataclass
 class Gathered:
-    """Every chunk group's contribution to one step, and figures for metrics.jsonl."""
+    """One step's results: every chunk group's contribution (loss, new states), the gradients to
+    add in the order to add them (ascending chunks; the source decides how they were formed, e.g.
+    a partial sum standing for several groups), and figures for metrics.jsonl."""
     contributions: dict[tuple[int, ...], Contribution]
+    gradients: list[np.ndarray]
     figures: dict
 
 
@@ -89,7 +92,7 @@ class InProcessSource:
                                               inputs, targets, state.chunk_h, state.chunk_c,
                                               dropout=state.config.dropout, seed=state.config.seed)
         contribution.grad = wire_round(contribution.grad, wire, state.layout.pieces)
-        return Gathered({self.all_chunks: contribution}, {"workers": 0})
+        return Gathered({self.all_chunks: contribution}, [contribution.grad], {"workers": 0})
 
     def params_out(self, state: TrainState) -> np.ndarray:
         return state.params             # nothing else holds it: update in place
@@ -98,29 +101,20 @@ class InProcessSource:
         pass
 
 
-def summands(contributions: dict[tuple[int, ...], Contribution], groups: list) -> list[np.ndarray]:
-    """The gradients to add, in ascending chunk order. A relay chain's sum (SPEC.md 4.5) comes
-    as the gradient of the chain's last group with every earlier group's left out: it already
-    holds them, added in this same order."""
-    grads = [contributions[g].grad for g in groups]
-    given = [k for k, grad in enumerate(grads) if grad is not None]
-    if not given or len(given) != len(grads) - given[0]:
-        raise RuntimeError("a step's gradients are incomplete: only a relay chain's sum may stand for the "
-                           "groups before it")
-    return grads[given[0]:]
-
-
-def apply_step(state: TrainState, optimizer: RMSprop, contributions: dict[tuple[int, ...], Contribution],
+def apply_step(state: TrainState, optimizer: RMSprop, gathered: Gathered,
                new_params: np.ndarray) -> tuple[float, float]:
-    """Sums the contributions in ascending chunk order (never arrival order), clips, applies
+    """Sums the gathered gradients in their given order (never arrival order), clips, applies
     RMSprop into new_params and keeps the chunks' new states. Returns (mean loss, grad norm)."""
+    contributions = gathered.contributions
+    if not gathered.gradients or any(g is None for g in gathered.gradients):
+        raise RuntimeError("a step's gradients are incomplete")
     groups = sorted(contributions)
     chunk_h, chunk_c = state.chunk_h.copy(), state.chunk_c.copy()       # (L, C, H)
     for group in groups:
         chunk_h[:, list(group)] = contributions[group].h
         chunk_c[:, list(group)] = contributions[group].c
     loss = sum(contributions[g].loss for g in groups) / state.predictions_per_step
-    norm = optimizer.step(state.params, summands(contributions, groups),
+    norm = optimizer.step(state.params, gathered.gradients,
                           state.predictions_per_step, state.config.lr_at(state.epoch), out=new_params)
     state.advance(new_params, chunk_h, chunk_c)
     return loss, norm
@@ -240,8 +234,7 @@ class TrainingRun:
         if gathered is None:
             return
         updating = time.monotonic()
-        loss, norm = apply_step(self.state, self.optimizer, gathered.contributions,
-                                source.params_out(self.state))
+        loss, norm = apply_step(self.state, self.optimizer, gathered, source.params_out(self.state))
         finished = time.monotonic()
         seconds = finished - started
         self.record_step(loss, norm, seconds, **gathered.figures, update_s=round(finished - updating, 4),

@@ -23,7 +23,7 @@ MAX_NAME_CHARS = 128
 FLOAT_DTYPES = ("<f4", "<f8")
 # Narrow wire dtypes for the arrays of `params` and `grad` (SPEC.md, section 4.3): IEEE half, and bfloat16
 # (the top 16 bits of a float32), which numpy holds as uint16.
-WIRE_DTYPES = ("<f2", "bf16")
+NARROW_DTYPES = ("<f2", "bf16")
 STORAGE = {"bf16": "<u2"}
 INDEX_DTYPE = "<i4"
 
@@ -106,7 +106,7 @@ def _check_field(cmd: str, name: str, kind: str, value) -> None:
     ok = {
         INT: lambda v: _is_int(v),
         REFERENCE: lambda v: isinstance(v, dict) and v == reference_of(v),
-        WIRE: lambda v: v in FLOAT_DTYPES + WIRE_DTYPES,
+        WIRE: lambda v: v in FLOAT_DTYPES + NARROW_DTYPES,
         FLOAT: _is_float,
         FRACTION: lambda v: _is_float(v) and 0 <= v < 1,
         STR: lambda v: isinstance(v, str) and len(v) <= MAX_HEADER_BYTES,
@@ -167,7 +167,7 @@ def _check_array(cmd: str, name: str, array: np.ndarray, fields: dict, dims: dic
     if kind == "index" and dtype != INDEX_DTYPE:
         raise ProtocolError(f"{cmd}: array {name!r} must be {INDEX_DTYPE}, got {dtype}")
     if kind in ("float", "wire"):
-        allowed = FLOAT_DTYPES + (WIRE_DTYPES if kind == "wire" else ())
+        allowed = FLOAT_DTYPES + (NARROW_DTYPES if kind == "wire" else ())
         if dtype not in allowed:
             raise ProtocolError(f"{cmd}: array {name!r} must be one of {allowed}, got {dtype}")
         if dims and "float" in dims and dtype != dims["float"] and not (
@@ -279,7 +279,7 @@ def _decode_body(header: dict, frames: list, dims: dict | None) -> Message:
     arrays = {}
     for position, (spec, frame) in enumerate(zip(specs, frames[2:])):
         if (not isinstance(spec, list) or len(spec) != 3 or not isinstance(spec[0], str)
-                or spec[1] not in FLOAT_DTYPES + WIRE_DTYPES + (INDEX_DTYPE,) or not isinstance(spec[2], list)
+                or spec[1] not in FLOAT_DTYPES + NARROW_DTYPES + (INDEX_DTYPE,) or not isinstance(spec[2], list)
                 or len(spec[2]) > 4 or not all(_is_int(d) and d < 2 ** 31 for d in spec[2])):
             raise ProtocolError(f"{cmd}: malformed array description {_short(spec)}")
         name, dtype, shape = spec

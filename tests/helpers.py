@@ -36,7 +36,7 @@ def local_steps(state, corpus, steps: int = 1) -> list[tuple[float, float]]:
     config = state.config
     optimizer = RMSprop(state.square_avg, config.rho, config.eps, config.clip)
     try:
-        return [apply_step(state, optimizer, source.gather(state, lambda: False).contributions,
+        return [apply_step(state, optimizer, source.gather(state, lambda: False),
                            source.params_out(state)) for _ in range(steps)]
     finally:
         optimizer.close()
@@ -202,13 +202,29 @@ class Peer:
 
 # malformed CLSTM/3 frame sets, shared by the decode and live fuzz tests
 
-def computed(computer, work: Message, pieces: list[Message]) -> list[Message]:
-    """What the project's worker answers to a work and its pieces: `grad` pieces, then `push`."""
+def computed(computer, work: Message, params: list, grad_out=None) -> list[Message]:
+    """What the project's worker answers to a work and its parameter pieces (arrays, or the
+    `params` messages that carried them): `grad` pieces, then `push`."""
     incoming, out = computer.incoming(), []
-    for piece in pieces:
-        assert incoming.put(piece["piece"], piece.arrays["params"]) is None
-    computer.compute(work, incoming, out.append)
+    for piece, array in enumerate(params):
+        assert incoming.put(piece, array.arrays["params"] if isinstance(array, Message) else array) is None
+    computer.compute(work, incoming, out.append, grad_out)
     return out
+
+
+def answer(server, item, computer, grad_out=None, **changes) -> tuple[Message, list[Message], Message]:
+    """A worker's whole answer to the work a ParameterServer hands out for item (its fields
+    changed by `changes`): (the work, its `grad` pieces, its `push`)."""
+    sent = server.work_out(item).message
+    work = Message("work", {**sent.fields, **changes}, sent.arrays)
+    *grads, push = computed(computer, work, server.param_pieces(), grad_out)
+    return work, grads, push
+
+
+def contribution_of(push: Message, compute_s: float = 0.0):
+    """What the coordinator makes of a push: its gradient comes from the `grad` pieces."""
+    from model.training import Contribution
+    return Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], compute_s)
 
 
 def valid_push(dims: dict, token: int = 7, step: int = 0, chunks=(0,)) -> list[bytes]:

@@ -5,10 +5,10 @@ from coordinator.server import ParameterServer, partition
 from model.config import Config
 from model.corpus import make_corpus
 from model.optim import RMSprop
-from model.run import apply_step
+from model.run import Gathered, apply_step
 from model.training import Contribution, new_state
 from protocol import Message
-from helpers import generated_text, local_steps
+from helpers import answer, contribution_of, generated_text, local_steps
 from worker.compute import WorkerCompute
 
 
@@ -29,13 +29,9 @@ def one_worker_step(**config_changes):
 
 
 def worker_answer(server, item, computer, grad_out=None, **changes) -> list[Message]:
-    """The work and parameter pieces the server sends for item, computed: `grad`s, then `push`."""
-    work = Message("work", {**server.work_fields(item), **changes}, server.work_arrays(item))
-    incoming, out = computer.incoming(), []
-    for piece, params in enumerate(server.param_pieces()):
-        assert incoming.put(piece, params) is None
-    computer.compute(work, incoming, out.append, grad_out)
-    return out
+    """The server's work for item, computed: `grad`s, then `push`."""
+    _, grads, push = answer(server, item, computer, grad_out, **changes)
+    return grads + [push]
 
 
 def whole_gradient(messages) -> np.ndarray:
@@ -48,7 +44,7 @@ def compute_push(server, item, computer):
     *pieces, push = worker_answer(server, item, computer)
     for piece in pieces:        # kept only if item is still that token's work in flight
         server.accept_piece(item.token, item.step, item.group, piece["piece"], piece.arrays["grad"])
-    return Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0)   # the server assembles it
+    return contribution_of(push)
 
 
 def test_partition_is_even_and_contiguous():
@@ -69,7 +65,9 @@ def test_workers_compute_the_same_step_as_the_single_process_path():
         for item in reversed(items):                 # arrival order must not matter
             assert server.accept_push(item.token, item.step, item.group,
                                       compute_push(server, item, computer)) == ("accepted", None)
-        apply_step(server.state, optimizer, server.collect(), server.state.params.copy())
+        collected = server.collect()
+        apply_step(server.state, optimizer, Gathered(collected.contributions, collected.gradients, {}),
+                   server.state.params.copy())
         local_steps(reference, corpus)
     np.testing.assert_allclose(server.state.params, reference.params, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(server.state.chunk_h, reference.chunk_h, rtol=1e-10, atol=1e-13)
@@ -96,7 +94,7 @@ def test_a_dead_worker_s_chunks_move_whole_and_its_token_is_fenced():
     computer = WorkerCompute(config.to_dict(), corpus.vocab)
     a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
     items = {i.token: i for i in server.start_step()}
-    server.heard_from(a, 4.0)
+    server.roster.heard_from(a, 4.0)
     dead, moved = server.reap(6.0)
     assert dead == [b] and [(m.token, m.group) for m in moved] == [(a, items[b].group)]
     late = compute_push(server, items[b], computer)
@@ -104,7 +102,7 @@ def test_a_dead_worker_s_chunks_move_whole_and_its_token_is_fenced():
     for item in (items[a], moved[0]):
         assert server.accept_push(a, 0, item.group, compute_push(server, item, computer))[0] == "accepted"
     assert server.in_flight.complete
-    assert sorted(server.collect()) == sorted([items[a].group, moved[0].group])
+    assert sorted(server.collect().contributions) == sorted([items[a].group, moved[0].group])
     assert server.in_flight is None
 
 
@@ -173,7 +171,7 @@ def backup_setup(a_walls, b_walls):
     server.workers[b].walls_per_chunk.extend(b_walls)
     items = {i.token: i for i in server.start_step()}
     for item in items.values():
-        server.dispatched(item, 0.0)
+        server.work_out(item, 0.0)
     return server, WorkerCompute(config.to_dict(), corpus.vocab), a, b, items
 
 
@@ -253,7 +251,7 @@ def test_gradient_pieces_are_kept_only_for_work_in_flight_and_one_work_per_worke
     assert not keep(a, 1, items[a].group)                   # not the step in flight
     assert not keep(a, 0, (0, 1, 2, 3, 4))                  # not a group of this step
     assert keep(a, 0, items[a].group)
-    contribution = Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0)
+    contribution = contribution_of(push)
     status, reason = server.accept_push(a, 0, items[a].group, contribution)
     assert status == "refused" and "every piece" in reason     # the other piece never came
     for piece in pieces:
@@ -261,14 +259,14 @@ def test_gradient_pieces_are_kept_only_for_work_in_flight_and_one_work_per_worke
     assert server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"]) is False   # b's group
     server.in_flight.backup[items[b].group] = a             # a copy: a now holds b's group too
     assert server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"])
-    assert len(server.gradient_pieces.held) == 1            # the newer work replaced the older
-    assert server.gradient_pieces.take(a, 0, items[a].group) is None
+    assert len(server.assembler.held) == 1            # the newer work replaced the older
+    assert server.assembler.take(a, 0, items[a].group) is None
     server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"])
     server.register(b"a", "a again", 1.0)                   # the same socket, a new incarnation
-    assert not server.gradient_pieces.held
+    assert not server.assembler.held
     server.accept_piece(b, 0, items[b].group, 0, pieces[-1].arrays["grad"])
     server.drop(b)
-    assert not server.gradient_pieces.held
+    assert not server.assembler.held
 
 
 def test_a_worker_computes_while_its_parameters_arrive_and_sends_the_top_piece_first():
@@ -278,7 +276,7 @@ def test_a_worker_computes_while_its_parameters_arrive_and_sends_the_top_piece_f
     from worker.compute import WorkAborted
     _, server, computer, item = one_worker_step()
     expected = worker_answer(server, item, computer)
-    work = Message("work", server.work_fields(item), server.work_arrays(item))
+    work = server.work_out(item).message
     incoming, out, pieces = computer.incoming(), [], server.param_pieces()
     assert incoming.put(1, pieces[1]) is not None           # out of order: refused
     incoming.put(0, pieces[0])

@@ -10,9 +10,9 @@ import helpers
 from coordinator.server import ParameterServer
 from model.config import Config
 from model.corpus import make_corpus
-from model.run import summands
 from model.training import Contribution, new_state
 from model.wire import widen
+from coordinator.chain import SendDirect, SendParams
 from protocol import Message
 from worker.chain import COORDINATOR, ChainSums
 from worker.compute import WorkerCompute
@@ -31,16 +31,8 @@ def chain_server(workers=3, relays=True, **config_fields):
 
 
 def answers(server, items, computer):
-    """Every worker's own answer to its work: {group: (grad messages, push)}."""
-    out = {}
-    for item in items:
-        work = Message("work", server.work_fields(item), server.work_arrays(item))
-        incoming, messages = computer.incoming(), []
-        for piece, params in enumerate(server.param_pieces()):
-            incoming.put(piece, params)
-        computer.compute(work, incoming, messages.append)
-        out[item.group] = (work, messages[:-1], messages[-1])
-    return out
+    """Every worker's own answer to its work: {group: (work, grad messages, push)}."""
+    return {item.group: helpers.answer(server, item, computer) for item in items}
 
 
 def run_chain(server, items, computer, dtype):
@@ -68,16 +60,17 @@ def test_a_chain_plan_links_the_groups_in_ascending_order():
     items = server.start_step()
     chain = server.in_flight.chain
     assert chain is not None and chain.groups == sorted(chain.groups)
-    fields = [server.work_fields(item) for item in sorted(items, key=lambda i: i.group)]
+    outs = [server.work_out(item) for item in sorted(items, key=lambda i: i.group)]
+    fields = [out.message.fields for out in outs]
     assert [(f["params_to"], f["sum_from"], f["sum_to"]) for f in fields] == [
         ("tcp://10.0.0.1:4000", False, "tcp://10.0.0.1:4000"),
         ("tcp://10.0.0.2:4000", True, "tcp://10.0.0.2:4000"), ("", True, "")]
-    assert [server.sends_params(item) for item in sorted(items, key=lambda i: i.group)] == [True, False, False]
+    assert [out.sends_params for out in outs] == [True, False, False]
     _, _, no_relay, _ = chain_server(relays=False)
     no_relay.start_step()
     assert no_relay.in_flight.chain is None
     corpus, config, curve, _ = chain_server()
-    curve.relaying = False                  # a coordinator with CurveZMQ keys (SPEC.md 4.5)
+    curve.chains.relaying = False           # a coordinator with CurveZMQ keys (SPEC.md 4.5)
     curve.start_step()
     assert curve.in_flight.chain is None
 
@@ -92,14 +85,15 @@ def test_the_chain_s_sum_is_bit_for_bit_the_coordinator_s(dtype, wire):
     for item in items:
         _, _, push = answered[item.group]
         status, _ = server.accept_push(item.token, 1, item.group,
-                                       Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0), 1.0)
+                                       helpers.contribution_of(push), 1.0)
         assert status == "accepted"          # a chained push needs no gradient of its own
     assert not server.in_flight.complete
     for message in sums:
         assert server.accept_piece(last_token, 1, tuple(message["chunks"]), message["piece"],
                                    message.arrays["grad"], prefix=True)
     assert server.in_flight.complete
-    chained = server.collect()
+    collected = server.collect()
+    chained = collected.contributions
     direct = {}                              # the same gradients, each sent on its own
     for group, (_, grads, _) in answered.items():
         direct[group] = np.concatenate([widen(m.arrays["grad"], dtype) for m in sorted(grads, key=lambda m: m["piece"])])
@@ -107,7 +101,7 @@ def test_the_chain_s_sum_is_bit_for_bit_the_coordinator_s(dtype, wire):
     expected = direct[groups[0]].copy()
     for group in groups[1:]:
         expected += direct[group]            # the coordinator's own order: ascending chunks
-    (total,) = summands(chained, groups)
+    (total,) = collected.gradients
     assert total.dtype == np.dtype(dtype) and np.array_equal(total, expected)
 
 
@@ -119,12 +113,13 @@ def test_a_chain_is_abandoned_when_a_member_dies_and_the_step_still_completes():
     first, middle, last = items
     _, _, push = answered[first.group]
     server.accept_push(first.token, 1, first.group,
-                       Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0), 1.0)
+                       helpers.contribution_of(push), 1.0)
     moved = server.drop(middle.token)                        # dies before its push
     orders = server.take_chain_orders()
-    assert ("direct", first.token, first.group) in orders and ("params", last.token) in orders
+    assert SendDirect(first.token, first.group) in orders and SendParams(last.token) in orders
     assert [(m.token, m.group) for m in moved] and not server.in_flight.chain.active
-    assert server.work_fields(moved[0])["sum_to"] == "" and server.sends_params(moved[0])
+    out = server.work_out(moved[0])
+    assert out.message["sum_to"] == "" and out.sends_params
     for message in answered[first.group][1]:                 # the direct gradient, after its push
         assert server.accept_piece(first.token, 1, first.group, message["piece"], message.arrays["grad"])
     for item in (moved[0], last):
@@ -132,9 +127,9 @@ def test_a_chain_is_abandoned_when_a_member_dies_and_the_step_still_completes():
         for message in grads:
             server.accept_piece(item.token, 1, item.group, message["piece"], message.arrays["grad"])
         assert server.accept_push(item.token, 1, item.group,
-                                  Contribution(push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0),
+                                  helpers.contribution_of(push),
                                   1.0)[0] == "accepted"
-    assert server.in_flight.complete and all(c.grad is not None for c in server.collect().values())
+    assert server.in_flight.complete and all(c.grad is not None for c in server.collect().contributions.values())
 
 
 def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without_one():
@@ -146,7 +141,7 @@ def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without
         server.collect()
         server.state.step += 1
     for item in server.start_step():
-        server.dispatched(item, 0.0)
+        server.work_out(item, 0.0)
     for group, token in list(server.in_flight.owner.items()):
         server.accept_push(token, 1, group, Contribution(0.0, np.zeros(1), None, None, 0.0), 0.5)
     server.check_chain(1.0)
@@ -166,13 +161,20 @@ def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without
         assert chains == [False] * pause + [True]
 
 
-def test_only_a_chain_s_sum_may_stand_for_other_groups():
-    grad = np.ones(3)
-    with_sum = {(0,): Contribution(0, None, None, None, 0), (1,): Contribution(0, grad, None, None, 0)}
-    assert summands(with_sum, [(0,), (1,)]) == [grad]
-    broken = {(0,): Contribution(0, grad, None, None, 0), (1,): Contribution(0, None, None, None, 0)}
+def test_a_chain_s_sum_stands_for_its_groups_and_a_step_without_every_gradient_is_refused():
+    from coordinator.chain import RelayChain
+    from coordinator.step import StepInFlight
+    from model.run import Gathered, apply_step
+    total, own = np.ones(3), np.full(3, 2.0)
+    flight = StepInFlight(0, {(0,): 1, (1,): 2, (2,): 3})
+    flight.chain = RelayChain([(0,), (1,)], [1, 2], ["tcp://a:1", "tcp://b:1"], None, total=total)
+    flight.received = {(0,): Contribution(0, None, None, None, 0), (1,): Contribution(0, None, None, None, 0),
+                       (2,): Contribution(0, own, None, None, 0)}
+    assert flight.complete and flight.gradients() == [total, own]
+    flight.chain.total = None                                # no sum: the chained groups have nothing
+    assert not flight.complete
     with pytest.raises(RuntimeError, match="incomplete"):
-        summands(broken, [(0,), (1,)])
+        apply_step(None, None, Gathered(flight.received, [None, own], {}), None)
 
 
 def test_a_direct_order_sends_every_own_piece_to_the_coordinator_once():
@@ -232,7 +234,8 @@ def test_a_worker_on_a_slow_link_stays_off_the_chain_and_the_sum_stays_exact():
     items = sorted(server.start_step(), key=lambda i: i.group)
     chain = server.in_flight.chain
     assert chain.tokens == tokens[1:] and items[-1].token == slow    # the chain is the first groups'
-    assert server.work_fields(items[-1])["sum_to"] == "" and server.sends_params(items[-1])
+    out = server.work_out(items[-1])
+    assert out.message["sum_to"] == "" and out.sends_params
     answered, sums = run_chain(server, items[:-1], computer, np.dtype(np.float32))
     for message in sums:
         server.accept_piece(chain.tokens[-1], 1, tuple(message["chunks"]), message["piece"],
@@ -242,13 +245,13 @@ def test_a_worker_on_a_slow_link_stays_off_the_chain_and_the_sum_stays_exact():
         server.accept_piece(slow, 1, items[-1].group, message["piece"], message.arrays["grad"])
     for item in items:
         push = answered[item.group][2]
-        assert server.accept_push(item.token, 1, item.group, Contribution(
-            push["loss"], None, push.arrays["h"], push.arrays["c"], 0.0), 1.0)[0] == "accepted"
-    contributions = server.collect()
+        assert server.accept_push(item.token, 1, item.group, helpers.contribution_of(push), 1.0)[0] == "accepted"
+    collected = server.collect()
+    contributions = collected.contributions
     own = {g: np.concatenate([m.arrays["grad"] for m in sorted(a[1], key=lambda m: m["piece"])])
            for g, a in answered.items()}
     groups = sorted(contributions)
     expected = own[groups[0]] + own[groups[1]]
     expected += own[groups[2]]
-    total = summands(contributions, groups)
+    total = collected.gradients
     assert len(total) == 2 and np.array_equal(total[0] + total[1], expected)

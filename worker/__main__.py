@@ -10,7 +10,7 @@ import sys  # noqa: E402
 from model.cli import Parser, positive_float  # noqa: E402
 from protocol import LIVENESS_S  # noqa: E402
 from protocol.security import CurveClient, SecurityError  # noqa: E402
-from .service import Worker  # noqa: E402
+from .reconnect import Worker  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

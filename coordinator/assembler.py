@@ -17,7 +17,7 @@ class HeldGradient:
     arrived: set[int] = field(default_factory=set)
 
 
-class GradientPieces:
+class GradientAssembler:
     """For each token, the pieces of one work's gradient at most: memory stays bounded by
     one gradient per registered worker whatever the workers send."""
 

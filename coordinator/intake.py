@@ -1,0 +1,109 @@
+"""What the coordinator does with each message it receives (SPEC.md 4, 5.5): welcome a worker,
+answer a pull, take a heartbeat, a gradient piece, a push or a bye; refuse the rest, counting a
+worker's refused pushes until it is stopped."""
+from __future__ import annotations
+
+import time
+
+from model.training import Contribution
+from protocol import Message
+from protocol.messages import MAX_REFUSED_PUSHES, ProtocolError, reference_of
+from .sender import Sender
+from .server import ParameterServer
+from .step import Outcome
+
+
+def reference_to(message: Message) -> dict:
+    """The `refers_to` of a `reject` that refuses this decoded message (SPEC.md, section 4)."""
+    return reference_of({"cmd": message.cmd, **message.fields})
+
+
+class Intake:
+    def __init__(self, server: ParameterServer, sender: Sender, pieces: list[int], heartbeat_s: float,
+                 liveness_s: float, log, reject_log):
+        self.server, self.sender = server, sender
+        self.pieces = pieces            # the sizes the parameter vector travels in (SPEC.md 4.4)
+        self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
+        self.log, self.reject_log = log, reject_log
+
+    def handle(self, identity: bytes, message: Message) -> None:
+        cmd, server = message.cmd, self.server
+        if cmd == "register":
+            self.welcome(identity, message["name"], message["relay"])
+        elif cmd == "pull":
+            self.sender.send(identity, self.model_message(), sends_params=True)
+        elif cmd in ("heartbeat", "grad", "push", "bye"):
+            token = message["token"]
+            worker = server.workers.get(token)
+            if worker is None or worker.identity != identity:     # a token is bound to its socket
+                self.reject_log(f"refused {cmd} with unknown or stale token {token}")
+                if cmd in ("heartbeat", "push"):       # a push answers for its pieces
+                    self.sender.reject(identity, "unknown or expired token; register again", True,
+                                       reference_to(message))
+                return
+            server.roster.heard_from(token, time.monotonic())
+            if cmd == "grad":
+                server.accept_piece(token, message["step"], tuple(message["chunks"]), message["piece"],
+                                    message.arrays["grad"], message["prefix"])
+            elif cmd == "push":
+                self.push(token, message)
+            elif cmd == "bye":
+                self.log(f"worker {worker.name!r} left")
+                self.sender.dispatch(server.drop(token))
+        else:
+            self.reject_log(f"dropped {cmd!r}: not a command the coordinator accepts")
+
+    def welcome(self, identity: bytes, name: str, relay: str) -> None:
+        server = self.server
+        token = server.register(identity, name, time.monotonic(), relay)
+        self.sender.send(token, Message("welcome", {
+            "token": token, "config": server.state.config.to_dict(), "vocab": server.state.vocab,
+            "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s, **self.layout_fields(),
+            "pieces": self.pieces}))
+        self.log(f"worker {name!r} registered (token {token}); {len(server.workers)} alive")
+        self.sender.dispatch(server.orphaned_work())
+
+    def model_message(self) -> Message:
+        state = self.server.state
+        return Message("model", {"step": state.step, "config": state.config.to_dict(), "vocab": state.vocab,
+                                 **self.layout_fields()}, {"params": state.params})
+
+    def layout_fields(self) -> dict:
+        """How the flat parameter vector is cut (SPEC.md 4.1), for `welcome` and `model`."""
+        layout = self.server.state.layout
+        return {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes]}
+
+    def push(self, token: int, message: Message) -> None:
+        group = tuple(message["chunks"])
+        contribution = Contribution(message["loss"], None, message.arrays["h"], message.arrays["c"],
+                                    message["compute_s"])
+        result = self.server.accept_push(token, message["step"], group, contribution, time.monotonic())
+        if result.status in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+            self.server.workers[token].refused_in_a_row = 0
+            self.sender.send(token, Message("ack", {"step": message["step"], "chunks": list(group),
+                                                    "status": result.status.value}))
+        else:
+            self.refuse(token, result.reason, reference_to(message), counts=result.status == Outcome.REFUSED)
+
+    def invalid(self, identity: bytes, error: ProtocolError) -> None:
+        """A message that did not decode, from a registered socket: answered if it may be a push
+        or a piece of one (which does not count: its push will be refused)."""
+        worker = next((w for w in self.server.workers.values() if w.identity == identity), None)
+        if worker is not None and error.reference["cmd"] in ("push", "grad", ""):
+            self.refuse(worker.token, f"invalid message: {error}", error.reference,
+                        counts=error.reference["cmd"] != "grad")
+
+    def refuse(self, token: int, reason: str, reference: dict, counts: bool) -> None:
+        worker = self.server.workers[token]
+        self.reject_log(f"refused {reference['cmd'] or 'a message'} from worker {worker.name!r}: {reason}")
+        self.sender.reject(worker.identity, reason, False, reference)
+        if not counts:
+            return
+        worker.refused_in_a_row += 1
+        if worker.refused_in_a_row >= MAX_REFUSED_PUSHES:
+            self.log(f"worker {worker.name!r} dropped: {worker.refused_in_a_row} refused pushes in a "
+                     f"row (last: {reason}); its chunks go to other workers")
+            self.sender.send(token, Message("stop", {"reason": f"dropped after {worker.refused_in_a_row} "
+                                                               f"refused pushes in a row (last: {reason}); "
+                                                               f"fix or update the worker, then restart it"}))
+            self.sender.dispatch(self.server.drop(token))
