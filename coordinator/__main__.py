@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--curve-keys", metavar="DIR",
                      help="authenticate and encrypt with CurveZMQ: keys from scripts/make_keys.py; only "
                           "public keys in DIR/authorized/ are admitted")
+    net.add_argument("--no-relay", action="store_true",
+                     help="form no relay chains: every worker gets the parameters from this process and "
+                          "sends its own gradient (with --curve-keys: every byte then stays inside CURVE)")
     net.add_argument("--max-message-mb", type=positive_float, default=512,
                      help="largest message accepted, in MiB (default: %(default)s)")
     net.add_argument("--log-every", type=non_negative_int, default=1,
@@ -56,14 +59,18 @@ def main(argv=None) -> int:
         coordinator = Coordinator(run.state, run.corpus, args.bind, curve_server=curve,
                                   heartbeat_s=args.heartbeat, liveness_s=args.liveness,
                                   max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-                                  min_workers=args.min_workers, trace=args.trace)
+                                  min_workers=args.min_workers, relaying=not args.no_relay, trace=args.trace)
     except (ValueError, CheckpointError, OSError, SecurityError, EndpointError) as error:
         if curve is not None:
             curve.stop()
         log_line(f"error: {error}")
         return 2
     if curve:
-        log_line(f"CURVE on: only the public keys in {curve.authorized} may connect; traffic is encrypted")
+        log_line(f"CURVE on: only the public keys in {curve.authorized} may connect; traffic with this "
+                 f"coordinator is encrypted")
+        if not args.no_relay:
+            log_line("relay chains on: what workers relay to each other is checked against digests and keys "
+                     "sent over CURVE, but travels unencrypted between them; --no-relay keeps every byte in CURVE")
     elif not coordinator.endpoint.startswith(("tcp://127.", "ipc://", "inproc://", "tcp://[::1]")):
         log_line(f"WARNING: listening on {coordinator.endpoint} without authentication or encryption; "
                  f"anyone who can reach this port can join or read the model. Bind to 127.0.0.1 or "

@@ -45,6 +45,17 @@ class BackupPolicy:
         workers = self.roster.workers
         return min(steady, key=lambda t: (load[t], workers[t].usual_per_chunk() or float("inf"), t))
 
+    def accepted(self, flight: StepInFlight, group: tuple[int, ...], token: int, counts: BackupCounts) -> None:
+        """A push was accepted: a copy that won counts against its group's owner; an owner that
+        computed its own group first is steady again."""
+        if flight.backup.get(group) == token:
+            counts.won += 1
+            owner = self.roster.workers.get(flight.owner[group])
+            if owner is not None:
+                owner.lost_in_a_row += 1
+        else:
+            self.roster.workers[token].lost_in_a_row = 0
+
     def idle(self, flight: StepInFlight) -> list[int]:
         """Workers with nothing of the step in flight to compute, fastest first."""
         busy = {t for g in flight.outstanding() for t in flight.copies(g)}

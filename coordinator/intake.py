@@ -8,6 +8,7 @@ import time
 from model.training import Contribution
 from protocol import Message
 from protocol.messages import MAX_REFUSED_PUSHES, ProtocolError, reference_of
+from protocol.transport import relay_endpoint_problem
 from .sender import Sender
 from .server import ParameterServer
 from .step import Outcome
@@ -29,7 +30,12 @@ class Intake:
     def handle(self, identity: bytes, message: Message) -> None:
         cmd, server = message.cmd, self.server
         if cmd == "register":
-            self.welcome(identity, message["name"], message["relay"])
+            relay, problem = message["relay"], relay_endpoint_problem(message["relay"], message.peer)
+            if relay and problem:           # welcomed all the same, but never chained
+                self.reject_log(f"refused the relay of worker {message['name']!r}: {problem}")
+                self.sender.reject(identity, f"{problem}; joining without a relay", False, reference_to(message))
+                relay = ""
+            self.welcome(identity, message["name"], relay)
         elif cmd == "pull":
             self.sender.send(identity, self.model_message(), sends_params=True)
         elif cmd in ("heartbeat", "grad", "push", "bye"):
@@ -43,8 +49,12 @@ class Intake:
                 return
             server.roster.heard_from(token, time.monotonic())
             if cmd == "grad":
-                server.accept_piece(token, message["step"], tuple(message["chunks"]), message["piece"],
-                                    message.arrays["grad"], message["prefix"])
+                kept = server.accept_piece(token, message["step"], tuple(message["chunks"]), message["piece"],
+                                           message.arrays["grad"], message["prefix"])
+                if kept.refusal:
+                    self.reject_log(f"refused grad from worker {worker.name!r}: {kept.refusal}")
+                    if kept.answer:
+                        self.sender.reject(identity, kept.refusal, False, reference_to(message))
             elif cmd == "push":
                 self.push(token, message)
             elif cmd == "bye":
@@ -91,7 +101,7 @@ class Intake:
         worker = next((w for w in self.server.workers.values() if w.identity == identity), None)
         if worker is not None and error.reference["cmd"] in ("push", "grad", ""):
             self.refuse(worker.token, f"invalid message: {error}", error.reference,
-                        counts=error.reference["cmd"] != "grad")
+                        counts=error.reference["cmd"] == "push")      # only refused pushes count
 
     def refuse(self, token: int, reason: str, reference: dict, counts: bool) -> None:
         worker = self.server.workers[token]

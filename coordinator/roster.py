@@ -57,8 +57,8 @@ class Roster:
         """The tokens silent past liveness_s: dead."""
         return [t for t, w in self.workers.items() if now - w.last_heard > self.liveness_s]
 
-    def remove(self, token: int) -> None:
-        self.workers.pop(token, None)
+    def remove(self, token: int) -> WorkerRecord | None:
+        return self.workers.pop(token, None)
 
     def usual_wall_per_chunk(self) -> float | None:
         """The median over every worker's recent seconds per chunk."""

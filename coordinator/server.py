@@ -1,7 +1,6 @@
-"""ParameterServer: the coordinator's step as a plain object, with no sockets. It starts a step,
-hands out its work, takes what comes back and collects the gradients in summing order; it asks
-the roster (who is there, how fast), the backup policy (what is late, who is idle) and the chain
-policy (whom a chain links), and acts. service.py feeds it events and sends what it returns."""
+"""ParameterServer: the coordinator's step as a plain object, with no sockets: it starts a step,
+hands out its work, takes what comes back and collects the gradients in summing order, asking the
+roster, the backup and the chain policy, and acts. service.py feeds it events and sends its output."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +13,7 @@ from .backups import BackupCounts, BackupPolicy
 from .chain import NO_LINKS, RelayChain, SendDirect, SendParams
 from .chain_policy import ChainPolicy
 from .roster import Roster, WorkerRecord
-from .step import Collected, Outcome, PushResult, SentWork, StepInFlight, WorkItem, WorkOut, partition
+from .step import Collected, Outcome, PieceResult, PushResult, SentWork, StepInFlight, WorkItem, WorkOut, partition
 from .work import WireParams, work_message
 
 
@@ -27,6 +26,7 @@ class ParameterServer:
         self.chains = ChainPolicy(self.roster, self.backups, relaying)
         self.in_flight: StepInFlight | None = None
         self.chain_orders: list[SendDirect | SendParams] = []      # what an abandoned chain asks for
+        self.chain_events: list[str] = []                           # why chains were abandoned, for the log
         self.sent = SentWork()
         self.step_backups, self.total_backups = BackupCounts(), BackupCounts()
         self.wire_params = WireParams(state.layout.pieces)
@@ -47,13 +47,13 @@ class ParameterServer:
 
     def drop(self, token: int) -> list[WorkItem]:
         """Forgets a worker (dead or leaving); its unfinished groups go to live workers."""
-        self.roster.remove(token)
+        name = getattr(self.roster.remove(token), "name", token)
         self.assembler.forget(token)
         flight = self.in_flight
         if flight is None:
             return []
         if flight.chain is not None and flight.chain.involves(token) and flight.chain.total is None:
-            self.abandon_chain(broken=False)
+            self.abandon_chain(f"its worker {name!r} is gone", broken=False)
             for group in [g for g, c in flight.received.items() if c.grad is None and flight.accepted_from[g] == token]:
                 del flight.received[group]      # its gradient died with it: the group is computed again
                 flight.owner[group] = token
@@ -94,7 +94,7 @@ class ParameterServer:
         groups = partition(self.state.config.chunks, len(tokens))
         self.in_flight = flight = StepInFlight(step, dict(zip(groups, tokens)))
         flight.chain = RelayChain.plan(list(zip(groups, chained)), {t: self.workers[t].relay for t in chained},
-                                       self.assembler.pieces, self.assembler.dtype)
+                                       self.assembler.pieces, self.assembler.dtype, self.param_pieces)
         steady = [t for t in tokens if self.backups.steady(t)]
         own, copies = [], []
         for group, token in zip(groups, tokens):
@@ -124,22 +124,26 @@ class ParameterServer:
 
     # what comes back ----------------------------------------------------------------------
     def accept_piece(self, token: int, step: int, group: tuple[int, ...], piece: int, array: np.ndarray,
-                     prefix: bool = False) -> bool:
+                     prefix: bool = False) -> PieceResult:
         """Keeps a gradient piece of work that `token` holds in the step in flight and whose
-        gradient is not in yet, or a piece of the relay chain's sum; False (dropped: its push
-        will be answered) otherwise."""
+        gradient is not in yet, or a piece of the relay chain's sum from its last worker; else
+        drops it (its push will be answered), refusing what breaks SPEC.md 4.5."""
         flight = self.in_flight
         if token not in self.workers or flight is None or step != flight.step or group not in flight.owner:
-            return False
+            return PieceResult(False)
+        chain = flight.chain
+        problem = RelayChain.piece_problem(chain, token, group, prefix)
+        if problem:                     # a sum from the wrong worker is answered (SPEC.md 4.5)
+            return PieceResult(False, problem, answer=prefix)
         if prefix:
-            return flight.chain is not None and flight.chain.keep(token, step, group, piece, array)
+            return PieceResult(chain.keep(token, step, group, piece, array))
         taken = flight.received.get(group)
         if token not in flight.copies(group) or (taken is not None and taken.grad is not None):
-            return False
+            return PieceResult(False)
         self.assembler.keep(token, step, group, piece, array)
-        if taken is not None and self.assembler.complete(token):     # after a `direct`
+        if taken is not None and self.assembler.complete(token, step, group):     # after a `direct`
             taken.grad = self.assembler.take(token, step, group)
-        return True
+        return PieceResult(True)
 
     def accept_push(self, token: int, step: int, group: tuple[int, ...], contribution: Contribution,
                     now: float | None = None) -> PushResult:
@@ -161,13 +165,7 @@ class ParameterServer:
             if contribution.grad is None and not flight.chained(group):
                 return PushResult(Outcome.REFUSED, "push before every piece of its gradient arrived (SPEC.md 4.4)")
             flight.accept(group, token, contribution, now)
-            if flight.backup.get(group) == token:
-                self.step_backups.won += 1
-                owner = self.workers.get(flight.owner[group])
-                if owner is not None:
-                    owner.lost_in_a_row += 1
-            else:
-                self.workers[token].lost_in_a_row = 0
+            self.backups.accepted(flight, group, token, self.step_backups)
             return PushResult(Outcome.ACCEPTED)
         if self.sent.known(key):
             return PushResult(Outcome.DUPLICATE)
@@ -176,14 +174,16 @@ class ParameterServer:
         return PushResult(Outcome.STALE, f"step {step} is not the step in flight (next is {self.state.step})")
 
     # when something is late ---------------------------------------------------------------
-    def abandon_chain(self, broken: bool = True) -> None:
-        """The step goes on without its chain (SPEC.md 4.5): every chained group's holder sends
-        its own gradient, and whoever has not pushed gets the parameters directly. broken: the
-        chain failed to carry (not a worker that died), so the next steps go without one."""
+    def abandon_chain(self, reason: str, broken: bool = True) -> None:
+        """The step goes on without its chain (SPEC.md 4.5): holders send their own gradients, those
+        that have not pushed get the parameters. broken: it failed to carry (not a worker that
+        died), so the next steps go without one; why, with its links, waits in chain_events."""
         flight = self.in_flight
         chain = flight.chain if flight is not None else None
         if chain is None or not chain.active or chain.total is not None:
             return
+        links = " -> ".join(repr(self.workers[t].name if t in self.workers else t) for t in chain.tokens)
+        self.chain_events.append(f"step {flight.step}: relay chain {links} abandoned: {reason}")
         if broken:
             self.chains.broke(flight.step)
         holder = {g: flight.accepted_from.get(g, flight.owner[g]) for g in chain.groups}
@@ -200,9 +200,10 @@ class ParameterServer:
         chain = flight.chain if flight is not None else None
         if chain is None or not chain.active or chain.total is not None:
             return
-        if chain.overdue(now) or any(self.backups.late(flight, g, self._sent(g), now, None)
-                                     for g in flight.outstanding()):
-            self.abandon_chain()
+        late = [g for g in flight.outstanding() if self.backups.late(flight, g, self._sent(g), now, None)]
+        if chain.overdue(now) or late:
+            self.abandon_chain(f"chunks {late[0][0]}-{late[0][-1]} are late" if late else
+                               "its sum is overdue 1 s after the last push (a relay link does not carry)")
 
     def backup_work(self, now: float) -> list[WorkItem]:
         """Copies of late groups of the step in flight for idle workers (SPEC.md 5.6)."""
@@ -215,7 +216,7 @@ class ParameterServer:
             if not idle:
                 break
             if self.backups.late(flight, group, self._sent(group), now, self.workers[idle[0]].usual_per_chunk()):
-                self.abandon_chain()        # a copy computes off the chain
+                self.abandon_chain(f"chunks {group[0]}-{group[-1]} get a backup copy")   # off the chain
                 token = idle.pop(0)
                 flight.backup[group] = token
                 self.step_backups.issued += 1

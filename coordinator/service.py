@@ -42,18 +42,19 @@ def largest_message_in(dims: dict, chunks: int) -> int:
 class Coordinator:
     def __init__(self, state: TrainState, corpus: Corpus, bind: str, *, heartbeat_s: float = HEARTBEAT_S,
                  liveness_s: float = LIVENESS_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 min_workers: int = 1, curve_server=None, log=log_line, trace: str | None = None):
+                 min_workers: int = 1, curve_server=None, relaying: bool = True, log=log_line,
+                 trace: str | None = None):
         self.dims = shape_sizes(state.config, state.layout)
         needed = largest_message_in(self.dims, state.config.chunks)
         if max_message_bytes < needed:      # else every push would be dropped, and the run would hang
             raise ValueError(f"--max-message-mb {max_message_bytes / 2 ** 20:g} is below this run's largest "
                              f"message ({needed / 2 ** 20:.2f} MiB); raise it")
-        self.server = ParameterServer(state, corpus, liveness_s, relaying=curve_server is None)
+        self.server = ParameterServer(state, corpus, liveness_s, relaying=relaying)
         self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
         self.max_message_bytes = max_message_bytes
         self.log = log
         self.reject_log = RateLimitedLog(log)
-        self.backup_log = RateLimitedLog(log, burst=5, interval_s=60.0)
+        self.backup_log = RateLimitedLog(log, burst=5, interval_s=60.0)     # backup copies, broken chains
         # two I/O threads: the parameters go to two workers at once instead of one after the other
         self.context = zmq.Context(io_threads=2)
         self.curve_server = curve_server
@@ -153,6 +154,9 @@ class Coordinator:
                      f"its chunks go to live workers")
         server.check_chain(now)
         self.sender.dispatch(work)
+        for line in server.chain_events:
+            self.backup_log(line)
+        server.chain_events.clear()
         copies = server.backup_work(now)
         for item in copies:
             self.backup_log(f"step {item.step}: chunks {item.group[0]}-{item.group[-1]} are late; "

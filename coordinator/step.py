@@ -105,6 +105,18 @@ class Outcome(str, Enum):
     STALE = "stale"             # an old step or token: refused, does not count
 
 
+@dataclass(frozen=True)
+class PieceResult:
+    """Whether a `grad` piece was kept; refusal: a protocol violation to log (and, with answer,
+    to answer with `reject`), where a piece that is merely late is dropped in silence."""
+    kept: bool
+    refusal: str | None = None
+    answer: bool = False
+
+    def __bool__(self) -> bool:
+        return self.kept
+
+
 class PushResult(NamedTuple):
     status: Outcome
     reason: str | None = None

@@ -1,4 +1,4 @@
-"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/3 (SPEC.md, sections 3-4)."""
+"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/4 (SPEC.md, sections 3-4)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-SIGNATURE = b"CLSTM/3"
+SIGNATURE = b"CLSTM/4"
 MAX_HEADER_BYTES = 64 * 1024
 # Containers nested in a header, the header map itself counted: `shapes` (map > list > list) is the
 # deepest the protocol needs. Anything deeper is refused before any field is looked at, so nothing
@@ -40,9 +40,11 @@ class ProtocolError(ValueError):
 
 
 # Field kinds.
-INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, SIZES, STRS, SHAPES, REFERENCE, WIRE, RELAY = (
+INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, SIZES, STRS, SHAPES, REFERENCE, WIRE, RELAY, HEX, HEXES = (
     "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "sizes", "strs", "shapes",
-    "reference", "wire", "relay")
+    "reference", "wire", "relay", "hex", "hexes")
+HEX_CHARS = 64          # a SHA-256 digest, an HMAC-SHA256 or a 32-byte key, in lowercase hex (SPEC.md 4.5)
+MAX_PIECES = 4096
 MAX_RELAY_CHARS = 256
 
 # cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
@@ -50,7 +52,7 @@ STATE = ("L", "B", "H")
 SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]] = {
     "register": ({"name": NAME, "relay": RELAY}, {}),
     "heartbeat": ({"token": INT}, {}),
-    "grad": ({"token": INT, "step": INT, "chunks": CHUNKS, "piece": INT, "prefix": BOOL},
+    "grad": ({"token": INT, "step": INT, "chunks": CHUNKS, "piece": INT, "prefix": BOOL, "mac": HEX},
              {"grad": ("wire", ("piece",))}),
     "push": ({"token": INT, "step": INT, "chunks": CHUNKS, "loss": FLOAT, "compute_s": FLOAT},
              {"h": ("float", STATE), "c": ("float", STATE)}),
@@ -58,7 +60,8 @@ SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
                  "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES, "pieces": SIZES}, {}),
     "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE,
-              "params_to": RELAY, "sum_from": BOOL, "sum_to": RELAY},
+              "params_to": RELAY, "sum_from": BOOL, "sum_to": RELAY,
+              "params_digests": HEXES, "sum_key_in": HEX, "sum_key_out": HEX},
              {"h": ("float", STATE), "c": ("float", STATE),
               "inputs": ("index", ("B", "T")), "targets": ("index", ("B", "T"))}),
     "params": ({"step": INT, "piece": INT}, {"params": ("wire", ("piece",))}),
@@ -77,6 +80,7 @@ class Message:
     cmd: str
     fields: dict = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    peer: str = field(default="", compare=False)    # where it came from, as the transport saw it; not sent
 
     def __getitem__(self, key):
         return self.fields[key]
@@ -102,6 +106,11 @@ def reference_of(header: dict) -> dict:
             and all(_is_int(c) for c in chunks) else []}
 
 
+def _is_hex(value, empty_ok: bool = True) -> bool:
+    return isinstance(value, str) and ((empty_ok and value == "") or (
+        len(value) == HEX_CHARS and all(c in "0123456789abcdef" for c in value)))
+
+
 def _check_field(cmd: str, name: str, kind: str, value) -> None:
     ok = {
         INT: lambda v: _is_int(v),
@@ -113,6 +122,8 @@ def _check_field(cmd: str, name: str, kind: str, value) -> None:
         NAME: lambda v: isinstance(v, str) and len(v) <= MAX_NAME_CHARS,
         RELAY: lambda v: isinstance(v, str) and len(v) <= MAX_RELAY_CHARS and (v == "" or v.startswith("tcp://")),
         BOOL: lambda v: isinstance(v, bool),
+        HEX: _is_hex,
+        HEXES: lambda v: isinstance(v, list) and len(v) <= MAX_PIECES and all(_is_hex(x, False) for x in v),
         MAP: lambda v: isinstance(v, dict),
         INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
         SIZES: lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_int(x) and x >= 1 for x in v),

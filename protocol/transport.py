@@ -211,7 +211,9 @@ def receive(socket: zmq.Socket, routed: bool, dims: dict | None, max_message_byt
     if routed:
         identity, frames = frames[0].bytes, frames[1:]
     try:
-        return identity, decode([f.buffer for f in frames], dims, max_message_bytes), None
+        message = decode([f.buffer for f in frames], dims, max_message_bytes)
+        message.peer = _peer_address(frames[0])
+        return identity, message, None
     except ProtocolError as error:
         who = f" from peer {identity.hex()}" if identity else ""
         reject_log(f"dropped invalid message{who}: {error}")
@@ -245,6 +247,29 @@ class SendBuffers:
         free = [k for k, (_, trackers) in enumerate(self.retired) if all(t.done for t in trackers)]
         for k in reversed(free[:-self.spare] if len(free) > self.spare else []):
             del self.retired[k]     # more spares than anyone needs: let the memory go
+
+
+def _peer_address(frame: zmq.Frame) -> str:
+    """The address a TCP message came from (libzmq's Peer-Address), or "" for other transports."""
+    try:
+        return frame.get("Peer-Address") or ""
+    except (zmq.ZMQError, KeyError):
+        return ""
+
+
+def relay_endpoint_problem(endpoint: str, peer: str) -> str | None:
+    """Why a worker's advertised relay endpoint is refused (SPEC.md 4, `register`), or None:
+    it must be tcp://HOST:PORT on the very address its connection comes from, PORT 1-65535."""
+    match = re.match(r"^tcp://\[?([^\]]+?)\]?:(\d+)$", endpoint)
+    if not match:
+        return f"relay endpoint {endpoint!r} is not tcp://HOST:PORT"
+    host, port = match.group(1), int(match.group(2))
+    if not 1 <= port <= 65535:
+        return f"relay endpoint {endpoint} has port {port}, not 1-65535"
+    if not peer or host != peer.removeprefix("::ffff:"):
+        return (f"relay endpoint {endpoint} is not on the address this worker connects from "
+                f"({peer or 'not a TCP connection'})")
+    return None
 
 
 def poll(sockets, timeout_s: float) -> set:

@@ -237,7 +237,8 @@ def valid_push(dims: dict, token: int = 7, step: int = 0, chunks=(0,)) -> list[b
 
 def valid_grad(dims: dict, token: int = 7, step: int = 0, chunks=(0,)) -> list[bytes]:
     """Piece 0 of a (zero) gradient."""
-    message = Message("grad", {"token": token, "step": step, "chunks": list(chunks), "piece": 0, "prefix": False},
+    message = Message("grad", {"token": token, "step": step, "chunks": list(chunks), "piece": 0, "prefix": False,
+                               "mac": ""},
                       {"grad": np.zeros(dims["pieces"][0], dims.get("float", "<f4"))})
     return [bytes(f) for f in encode(message)]
 

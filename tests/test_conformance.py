@@ -9,7 +9,9 @@ import pytest
 
 import helpers
 from helpers import Peer
+from coordinator.chain import NO_LINKS
 from protocol import Message, encode
+from protocol.relay_auth import new_key, sum_mac
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,7 +37,7 @@ def zero_push(work: Message, dtype=None, **fields) -> Message:
 def zero_gradient(work: Message, pieces: list[Message], dtype=None) -> list[Message]:
     """A zero gradient, one `grad` per piece, top piece first as the project's worker sends them."""
     names = {k: work[k] for k in ("token", "step", "chunks")}
-    return [Message("grad", {**names, "piece": p["piece"], "prefix": False},
+    return [Message("grad", {**names, "piece": p["piece"], "prefix": False, "mac": ""},
                     {"grad": np.zeros(p.arrays["params"].size, dtype or p.arrays["params"].dtype)})
             for p in reversed(pieces)]
 
@@ -217,8 +219,7 @@ def tiny_welcome(token: int, pieces=None, liveness_s: float = 5.0) -> Message:
 def tiny_work(token: int) -> list[Message]:
     names = {"token": token, "step": 0, "chunks": [0]}
     state = np.zeros((1, 1, 4), np.float32)
-    work = Message("work", {**names, "dropout": 0.0, "seed": 1, "wire": "<f4", "params_to": "", "sum_from": False,
-                            "sum_to": ""},
+    work = Message("work", {**names, "dropout": 0.0, "seed": 1, "wire": "<f4", **NO_LINKS},
                    {"h": state, "c": state, "inputs": np.zeros((1, 5), np.int32), "targets": np.ones((1, 5), np.int32)})
     size = tiny_welcome(token)["pieces"][0]
     return [work, Message("params", {"step": 0, "piece": 0}, {"params": np.full(size, 0.1, np.float32)})]
@@ -291,10 +292,14 @@ def test_a_chain_sum_that_arrives_before_its_work_is_kept_for_it(hand_coordinato
     context = zmq.Context()
     relay = context.socket(zmq.DEALER)
     relay.connect(register["relay"])
-    relay.send_multipart(encode(Message("grad", {"token": 3, "step": 0, "chunks": [0], "piece": 0, "prefix": True},
+    key = new_key()                     # the link's key, which only the coordinator hands out
+    forged = Message("grad", {"token": 3, "step": 0, "chunks": [0], "piece": 0, "prefix": True,
+                              "mac": sum_mac(new_key(), 0, [0], 0, before)}, {"grad": -before})
+    relay.send_multipart(encode(forged))                         # a stranger's sum: dropped
+    relay.send_multipart(encode(Message("grad", {**forged.fields, "mac": sum_mac(key, 0, [0], 0, before)},
                                         {"grad": before})))
     work, params = tiny_work(7)
-    work.fields.update(chunks=[1], sum_from=True)                # after the sum, as a relay may be
+    work.fields.update(chunks=[1], sum_from=True, sum_key_in=key)  # after the sum, as a relay may be
     try:
         assert next_command(0.5) == (None, None)
         for message in (work, params):

@@ -239,7 +239,7 @@ def test_an_owner_that_keeps_losing_is_routed_around_except_on_probe_steps():
     assert {i.token for i in server.start_step()} == set(server.workers)
 
 
-def test_gradient_pieces_are_kept_only_for_work_in_flight_and_one_work_per_worker():
+def test_gradient_pieces_are_kept_only_for_work_in_flight_and_two_works_per_worker():
     corpus, config, server = setup()
     computer = WorkerCompute(config.to_dict(), corpus.vocab)
     a, b = server.register(b"a", "a", 0.0), server.register(b"b", "b", 0.0)
@@ -256,10 +256,12 @@ def test_gradient_pieces_are_kept_only_for_work_in_flight_and_one_work_per_worke
     assert status == "refused" and "every piece" in reason     # the other piece never came
     for piece in pieces:
         assert server.accept_piece(a, 0, items[a].group, piece["piece"], piece.arrays["grad"])
-    assert server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"]) is False   # b's group
+    assert not server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"])   # b's group
     server.in_flight.backup[items[b].group] = a             # a copy: a now holds b's group too
     assert server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"])
-    assert len(server.assembler.held) == 1            # the newer work replaced the older
+    assert [h.group for h in server.assembler.held[a]] == [items[a].group, items[b].group]   # two at once
+    server.assembler.keep(a, 0, (0, 1, 2, 3, 4), 0, pieces[-1].arrays["grad"])    # a third work's piece
+    assert len(server.assembler.held[a]) == 2               # ...replaced the oldest
     assert server.assembler.take(a, 0, items[a].group) is None
     server.accept_piece(a, 0, items[b].group, 0, pieces[-1].arrays["grad"])
     server.register(b"a", "a again", 1.0)                   # the same socket, a new incarnation

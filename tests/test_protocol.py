@@ -20,7 +20,7 @@ def push(**changes):
 
 def grad(**changes):
     """Piece 1 (of sizes 4 and 6) of a gradient."""
-    fields = {"token": 7, "step": 3, "chunks": [1, 2], "piece": 1, "prefix": False}
+    fields = {"token": 7, "step": 3, "chunks": [1, 2], "piece": 1, "prefix": False, "mac": ""}
     arrays = {"grad": np.arange(6, dtype=np.float32)}
     fields.update(changes.pop("fields", {}))
     arrays.update(changes.pop("arrays", {}))
@@ -38,7 +38,8 @@ def header_frames(header, arrays=()):
 def every_command() -> list[Message]:
     """One valid message of every command, for DIMS."""
     work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3, "wire": "bf16",
-                            "params_to": "tcp://10.0.0.2:4000", "sum_from": True, "sum_to": ""},
+                            "params_to": "tcp://10.0.0.2:4000", "sum_from": True, "sum_to": "",
+                            "params_digests": ["ab" * 32, "cd" * 32], "sum_key_in": "0f" * 32, "sum_key_out": ""},
                    {"h": np.ones((2, 1, 3), np.float32), "c": np.ones((2, 1, 3), np.float32),
                     "inputs": np.zeros((1, 4), np.int32), "targets": np.ones((1, 4), np.int32)})
     params = Message("params", {"step": 0, "piece": 0}, {"params": np.ones(4, np.uint16)})
@@ -174,7 +175,8 @@ def test_tracked_send_says_when_the_arrays_may_be_reused(tmp_path):
         sender.bind(f"ipc://{tmp_path}/pair")
         receiver.connect(f"ipc://{tmp_path}/pair")
         grad = np.ones(4_000_000, np.float32)                 # larger than the socket buffers
-        piece = Message("grad", {"token": 1, "step": 0, "chunks": [0], "piece": 0, "prefix": False}, {"grad": grad})
+        piece = Message("grad", {"token": 1, "step": 0, "chunks": [0], "piece": 0, "prefix": False, "mac": ""},
+                        {"grad": grad})
         tracker = send(sender, piece, track=True)
         assert not tracker.done                                # 16 MB cannot all be written yet
         assert poll([receiver], 10)

@@ -156,7 +156,7 @@ def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without
             server.start_step()
             chains.append(server.in_flight.chain is not None)
             if chains[-1]:
-                server.abandon_chain()                       # and it breaks again
+                server.abandon_chain("a test breaks it")     # and it breaks again
             finish_step()
         assert chains == [False] * pause + [True]
 
@@ -179,7 +179,8 @@ def test_a_chain_s_sum_stands_for_its_groups_and_a_step_without_every_gradient_i
 
 def test_a_direct_order_sends_every_own_piece_to_the_coordinator_once():
     work = Message("work", {"token": 1, "step": 0, "chunks": [3, 4], "dropout": 0.0, "seed": 1, "wire": "<f4",
-                            "params_to": "", "sum_from": True, "sum_to": "tcp://10.0.0.9:1"}, {})
+                            "params_to": "", "sum_from": True, "sum_to": "tcp://10.0.0.9:1", "params_digests": [],
+                            "sum_key_in": "01" * 32, "sum_key_out": "02" * 32}, {})
     chain = ChainSums(work, np.float32, None)
     assert chain.own_piece(1, np.ones(2, np.float32)) == []          # waits for the sum before it
     assert chain.follows([1, 2]) and not chain.follows([0, 1])

@@ -8,6 +8,7 @@ import numpy as np
 
 from model.wire import widen
 from protocol import Message
+from protocol.relay_auth import same, sum_mac
 
 COORDINATOR = ""
 
@@ -16,6 +17,7 @@ class ChainSums:
     def __init__(self, work: Message, dtype, grad_out: np.ndarray):
         self.names = {"token": work["token"], "step": work["step"], "chunks": work["chunks"]}
         self.sum_from, self.sum_to = work["sum_from"], work["sum_to"]
+        self.key_in, self.key_out = work["sum_key_in"], work["sum_key_out"]     # the links' keys (SPEC.md 4.5)
         self.in_chain = self.sum_from or bool(self.sum_to)
         self.dtype = np.dtype(dtype)
         self.grad_out = grad_out            # own pieces of the exact wire are views of it: kept with them
@@ -25,8 +27,9 @@ class ChainSums:
         self.summed: set[int] = set()
         self.direct = not self.in_chain
 
-    def _grad(self, piece: int, array: np.ndarray, prefix: bool) -> Message:
-        return Message("grad", {**self.names, "piece": piece, "prefix": prefix}, {"grad": array})
+    def _grad(self, piece: int, array: np.ndarray, prefix: bool, to_relay: bool = False) -> Message:
+        mac = sum_mac(self.key_out, self.names["step"], self.names["chunks"], piece, array) if to_relay else ""
+        return Message("grad", {**self.names, "piece": piece, "prefix": prefix, "mac": mac}, {"grad": array})
 
     def own_piece(self, piece: int, array: np.ndarray) -> list[tuple[str, Message]]:
         """This worker's own gradient piece is final: where it (or a sum with it) goes now."""
@@ -38,6 +41,11 @@ class ChainSums:
     def follows(self, chunks: list[int]) -> bool:
         """Whether a sum naming these chunks comes from the worker right before this one."""
         return self.sum_from and not self.direct and chunks[-1] + 1 == self.names["chunks"][0]
+
+    def authentic(self, message: Message) -> bool:
+        """Whether a relayed sum carries the MAC of the link into this work (SPEC.md 4.5)."""
+        expected = sum_mac(self.key_in, message["step"], message["chunks"], message["piece"], message.arrays["grad"])
+        return bool(self.key_in) and same(expected, message["mac"])
 
     def sum_before(self, piece: int, array: np.ndarray) -> list[tuple[str, Message]]:
         if self.direct or piece in self.before:
@@ -52,7 +60,7 @@ class ChainSums:
         total = self.own[piece]
         if self.sum_from:           # in the run's dtype, earlier groups first: the coordinator's own order
             total = np.add(widen(self.before[piece], self.dtype), widen(self.own[piece], self.dtype))
-        return [(self.sum_to, self._grad(piece, total, True))]
+        return [(self.sum_to, self._grad(piece, total, True, to_relay=self.sum_to != COORDINATOR))]
 
     def go_direct(self) -> list[tuple[str, Message]]:
         """The chain is abandoned: every own piece so far to the coordinator, and later ones too."""

@@ -117,7 +117,7 @@ class WorkerCompute:
         def layer_done(layer: int) -> None:     # its pieces are final (SPEC.md 4.4)
             for piece in self.layout.layer_pieces(layer):
                 start, stop = self.layout.pieces[piece]
-                emit(Message("grad", {**names, "piece": piece, "prefix": False},
+                emit(Message("grad", {**names, "piece": piece, "prefix": False, "mac": ""},
                              {"grad": narrow(grad[start:stop], wire)}))
 
         watch = incoming.watch() if isinstance(incoming, IncomingParams) else incoming

@@ -22,7 +22,7 @@ class WorkerSettings:
     endpoint: str
     name: str
     curve_client: object | None = None
-    relaying: bool = True           # offer a relay endpoint (SPEC.md 4.5); never with CurveZMQ keys
+    relaying: bool = True           # offer a relay endpoint (SPEC.md 4.5)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -42,6 +42,17 @@ class WorkerMath:
     @property
     def dims(self) -> dict | None:
         return self.compute.dims if self.compute else None
+
+    def problem_with(self, welcome) -> str | None:
+        """Why this worker cannot compute the run a `welcome` describes, or None (then ready)."""
+        try:
+            self.prepare(welcome["config"], welcome["vocab"])
+        except (ValueError, TypeError) as error:
+            return f"the coordinator sent a run this worker cannot compute ({error})"
+        if welcome["pieces"] != self.dims["pieces"]:
+            return (f"the coordinator cuts the parameters into pieces of {welcome['pieces']}, this worker "
+                    f"into {self.dims['pieces']}")
+        return None
 
 
 class Worker:
@@ -92,6 +103,7 @@ class Worker:
             return 0
         finally:
             self.reject_log.flush()         # every drop is accounted for, the last window's too
+            self.log(f"worker {name}: {self.reject_log.total} invalid or refused messages in this run")
             self.context.destroy(linger=0)
             if self.trace:
                 self.trace.close()

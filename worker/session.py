@@ -25,14 +25,13 @@ class Session:
                  log, reject_log, stopping, trace=None):
         """settings: the worker's WorkerSettings; math: its WorkerMath (the computation, kept
         across connections); heartbeat_s, liveness_s: until the coordinator's own arrive."""
-        self.settings, self.math = settings, math
+        self.settings, self.math, self.name = settings, math, settings.name
         self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
         self.log, self.reject_log, self.stopping, self.trace = log, reject_log, stopping, trace
-        self.name = settings.name
         self.handshakes = HandshakeWatch(curve=settings.curve_client is not None)
         self.socket = connect_dealer(context, settings.endpoint, settings.curve_client, self.handshakes.attach)
-        self.relay = Relay(context, settings.endpoint, settings.relaying and not settings.curve_client,
-                           settings.max_message_bytes, lambda text: reject_log(f"worker {self.name}: {text}"))
+        self.relay = Relay(context, settings.endpoint, settings.relaying, settings.max_message_bytes,
+                           lambda text: reject_log(f"worker {self.name}: {text}"))
         self.thread = ComputeThread()
         self.grad_buffers = SendBuffers()       # gradients go out zero-copy; reused once sent
         self.held = Holdings()
@@ -101,7 +100,7 @@ class Session:
         if cmd == "work" and token is not None and message["token"] == token:
             self.take_work(message, now)
         elif cmd == "params" and token is not None:
-            self.take_params(message)
+            self.take_params(message, relayed=False)
         elif cmd == "direct" and token is not None:
             work = self.held.works.get((token, message["step"], tuple(message["chunks"])))
             if work is not None:
@@ -120,18 +119,13 @@ class Session:
         return None
 
     def welcome(self, message: Message) -> str | None:
-        try:
-            self.math.prepare(message["config"], message["vocab"])
-        except (ValueError, TypeError) as error:
-            self.log(f"error: worker {self.name}: the coordinator at {self.settings.endpoint} sent a "
-                     f"run this worker cannot compute ({error}); run the same version on both")
-            return "refused"
-        if message["pieces"] != self.math.dims["pieces"]:
-            self.log(f"error: worker {self.name}: the coordinator cuts the parameters into pieces of "
-                     f"{message['pieces']}, this worker into {self.math.dims['pieces']}; run the same "
-                     f"version on both")
+        problem = self.math.problem_with(message)
+        if problem:                 # said, and the coordinator told at once by `bye` (SPEC.md 4.4)
+            self.log(f"error: worker {self.name}: {problem}; run the same version on both")
+            self.transmit(Message("bye", {"token": message["token"]}))
             return "refused"
         self.held.token, self.welcomed = message["token"], True
+        self.held.latest_step = -1      # a new registration starts afresh (SPEC.md 5.6)
         self.heartbeat_s, self.liveness_s = message["heartbeat_s"], message["liveness_s"]
         relay = f"; relaying on {self.relay.endpoint}" if self.relay.endpoint else ""
         self.log(f"worker {self.name}: registered with {self.settings.endpoint}{relay}")
@@ -152,26 +146,33 @@ class Session:
                                       inputs.params.watch(), now)
         work.future = self.thread.submit(key, compute.compute, message, work.watch, grad_out, work.timings)
         for early in held.early_sums.pop(message["step"], []):
-            if work.route.follows(early["chunks"]):
-                self.send_all(work.route, work.route.sum_before(early["piece"], early.arrays["grad"]))
+            self.take_sum(work, early)
+        self.store(message["step"], *held.digests_listed(message["step"], message["params_digests"], self.new_params))
         if message["params_to"]:
             inputs.forward_to = message["params_to"]
             self.forward(message["step"])
-        self.relay.keep_only({w.route.sum_to for w in held.works.values()}
-                             | {i.forward_to for i in held.steps.values() if i.forward_to})
+        self.relay.keep_only(held.relay_targets())
 
-    def take_params(self, message: Message) -> None:
-        step = message["step"]
-        if not self.held.expects(step):
-            return
-        problem = self.held.inputs(step, self.new_params).params.put(message["piece"], message.arrays["params"])
-        if problem:
+    def take_params(self, message: Message, relayed: bool) -> None:
+        """A piece from the coordinator is used as it is; a relayed one only once it has the
+        digest its work lists (work.py holds it until that work has come)."""
+        step, piece, array = message["step"], message["piece"], message.arrays["params"]
+        if self.held.expects(step):
+            self.store(step, *(self.held.relayed_params(step, piece, array, self.new_params) if relayed
+                               else ([(piece, array)], [])))
+
+    def store(self, step: int, pieces: list, problems: list[str]) -> None:
+        inputs = self.held.inputs(step, self.new_params)
+        for piece, array in pieces:
+            problem = inputs.params.put(piece, array)
+            problems = problems + ([problem] if problem else [])
+        for problem in problems:
             self.reject_log(f"worker {self.name}: dropped parameters for step {step}: {problem}")
-        self.forward(step)
+        if pieces:
+            self.forward(step)
 
     def new_params(self):
         return self.math.compute.incoming(patience_s=self.liveness_s)
-
     def prune(self) -> None:
         """Forgets what an older step or registration left (work.py's one rule for stale)."""
         for route in self.held.prune():
@@ -189,15 +190,13 @@ class Session:
             self.transmit(message)
             self.pushes += 1
             if self.trace:
-                self.trace.write(trace_line(message, work.received_at, work.timings.get("waited_s", 0.0), now) + "\n")
-                self.trace.flush()
+                print(trace_line(message, work.received_at, work.timings.get("waited_s", 0.0), now), file=self.trace,
+                      flush=True)
 
     def finish(self, key: tuple) -> None:
-        work = self.held.works[key]
-        future, work.future = work.future, None
-        if not work.route.in_chain or self.held.stale(key[0], key[1]):
-            del self.held.works[key]        # else kept for a `direct` until a later step's work
-            self.grad_buffers.retire(work.route.grad_out, work.route.trackers)
+        work, future, done_with = self.held.finished(key)
+        if done_with is not None:
+            self.grad_buffers.retire(done_with.grad_out, done_with.trackers)
         if future.cancelled():
             return
         error = future.exception()
@@ -215,19 +214,25 @@ class Session:
         if held.token is None:          # not (or no longer) registered: nothing to relay for
             return
         if message.cmd == "params":
-            self.take_params(message)
+            self.take_params(message, relayed=True)
         elif message.cmd == "grad" and message["prefix"]:
-            step = message["step"]
-            work = next((w for k, w in held.works.items()
-                         if k[0] == held.token and k[1] == step and w.route.follows(message["chunks"])), None)
+            work, problem = held.relayed_sum(message, len(self.math.dims["pieces"]))
             if work is not None:
-                self.send_all(work.route, work.route.sum_before(message["piece"], message.arrays["grad"]))
-            elif held.expects(step):        # ahead of its work: kept for it
-                early = held.early_sums.setdefault(step, [])
-                if len(early) < len(self.math.dims["pieces"]):
-                    early.append(message)
+                self.take_sum(work, message)
+            elif problem:
+                self.reject_log(f"worker {self.name}: dropped a relayed sum: {problem}")
         else:
             self.reject_log(f"worker {self.name}: dropped a relayed {message.cmd!r}")
+
+    def take_sum(self, work: Work, message: Message) -> None:
+        """A sum relayed to this work: added to its own piece only if its MAC verifies."""
+        if not work.route.follows(message["chunks"]):
+            return
+        if not work.route.authentic(message):
+            self.reject_log(f"worker {self.name}: dropped a relayed sum for step {message['step']}, piece "
+                            f"{message['piece']}: its MAC does not verify (forged or corrupted)")
+            return
+        self.send_all(work.route, work.route.sum_before(message["piece"], message.arrays["grad"]))
 
     def forward(self, step: int) -> None:
         """Passes on the step's pieces that arrived and were not forwarded yet."""
