@@ -34,11 +34,18 @@ DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
 PORT = 5555
 
 
-def run_configuration(rates: list[str], args, model_flags: list[str]) -> dict:
-    """One cluster: rates[0] is the coordinator's link, rates[k] worker k's. Returns the figures."""
+def run_configuration(rates: list[str], args, model_flags: list[str], keyed: bool = False) -> dict:
+    """One cluster: rates[0] is the coordinator's link, rates[k] worker k's; keyed: with CurveZMQ
+    keys (made for the run). Returns the figures."""
     workers = len(rates) - 1
     with tempfile.TemporaryDirectory() as save_dir, Lab(rates) as lab:
         endpoint = f"tcp://{lab.address(0)}:{PORT}"
+        keys = os.path.join(save_dir, "keys")
+        if keyed:
+            from protocol.security import create_keys
+            create_keys(keys, ["worker"])
+        coordinator_keys = ["--curve-keys", keys] if keyed else []
+        worker_keys = ["--curve-keys", keys, "--key-name", "worker"] if keyed else []
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log = open(os.path.join(save_dir, "cluster.log"), "wb")
         processes, code = [], None
@@ -47,13 +54,13 @@ def run_configuration(rates: list[str], args, model_flags: list[str]) -> dict:
                 [*lab.exec_prefix(0), sys.executable, "-m", "coordinator", "--bind", endpoint,
                  "--corpus", args.corpus, "--save-dir", save_dir, "--steps", str(args.warmup + args.steps),
                  "--min-workers", str(workers), "--checkpoint-every", "100000", "--log-every", "0", "--fresh",
-                 "--trace", os.path.join(save_dir, "coordinator.trace"), *model_flags],
+                 "--trace", os.path.join(save_dir, "coordinator.trace"), *coordinator_keys, *model_flags],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT))
             before = lab.link_bytes(0)
             for k in range(1, workers + 1):
                 processes.append(subprocess.Popen(
                     [*lab.exec_prefix(k), sys.executable, "-m", "worker", "--connect", endpoint,
-                     "--name", f"host{k}", "--trace", os.path.join(save_dir, f"worker{k}.trace")],
+                     "--name", f"host{k}", "--trace", os.path.join(save_dir, f"worker{k}.trace"), *worker_keys],
                     env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT))
             try:
                 code = processes[0].wait(args.timeout)
@@ -152,15 +159,20 @@ def predicted(rate: str, workers: int, figures: dict, unshaped: dict | None) -> 
                         figures["layer0_share"], wire_bytes / figures["pieces"] if chain else None)
 
 
-def configurations(args) -> list[tuple[str, list[str]]]:
-    """(label, per-host link rates) for every requested combination."""
+def configurations(args) -> list[tuple[str, list[str], bool]]:
+    """(label, per-host link rates, keyed) for every requested combination."""
     rows = []
+    securities = args.security.split(",")
+    if not set(securities) <= {"none", "curve"}:
+        raise LabError(f"--security takes none and/or curve, not {args.security!r}")
     for rate in args.network.split(","):
         for workers in args.workers:
-            rows.append((f"{rate} x{workers}", [check_rate(rate)] * (workers + 1)))
-            if args.slow and workers >= 2:
-                rows.append((f"{rate} x{workers}, host {workers} at {args.slow}",
-                             [rate] * workers + [check_rate(args.slow)]))
+            for security in securities:
+                tag = " curve" if security == "curve" else ""
+                rows.append((f"{rate} x{workers}{tag}", [check_rate(rate)] * (workers + 1), security == "curve"))
+                if args.slow and workers >= 2:
+                    rows.append((f"{rate} x{workers}{tag}, host {workers} at {args.slow}",
+                                 [rate] * workers + [check_rate(args.slow)], security == "curve"))
     return rows
 
 
@@ -175,6 +187,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", default=[1, 2, 4], type=lambda text: [int(n) for n in text.split(",")],
                         help="worker counts, comma-separated (default: 1,2,4)")
     parser.add_argument("--slow", help="also run each N >= 2 with the last worker's link at this rate")
+    parser.add_argument("--security", default="none", help="none and/or curve (CurveZMQ keys made for the "
+                        "run), comma-separated: each configuration is run with each, in turn (default: none)")
     parser.add_argument("--steps", type=int, default=16, help="timed steps per configuration (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration (default: %(default)s)")
@@ -194,11 +208,12 @@ def main(argv=None) -> int:
         signal.signal(signum, interrupted)
     results = {}
     try:
-        for label, rates in rows:
-            figures = results[label] = run_configuration(rates, args, model_flags)
+        for label, rates, keyed in rows:
+            figures = results[label] = run_configuration(rates, args, model_flags, keyed)
             workers = len(rates) - 1
             if len(set(rates)) == 1:        # every link alike: what the scaling model expects
-                figures["model_step_s"] = predicted(rates[0], workers, figures, results.get(f"none x{workers}"))
+                unshaped = results.get(f"none x{workers}" + (" curve" if keyed else ""))
+                figures["model_step_s"] = predicted(rates[0], workers, figures, unshaped)
             if not args.json:
                 print_row(label, figures)
     except KeyboardInterrupt:

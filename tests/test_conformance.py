@@ -10,7 +10,7 @@ import pytest
 import helpers
 from helpers import Peer
 from coordinator.chain import NO_LINKS
-from protocol import Message, encode
+from protocol import SIGNATURE, Message, encode
 from protocol.relay_auth import new_key, sum_mac
 
 pytestmark = pytest.mark.timeout(120)
@@ -249,9 +249,63 @@ def test_a_worker_that_cuts_the_parameters_differently_says_so_and_exits(hand_co
     worker, next_command, answer = hand_coordinator
     identity, message = next_command()
     answer(identity, tiny_welcome(7, pieces=[1, 121]))
+    assert next_command()[1].fields == {"token": 7}                 # SPEC 4.4: `bye`, so it is dropped at once
     assert worker.wait(20) == 2
     errors = [line for line in open(tmp_path / "worker.log") if line.startswith("error:")]
     assert len(errors) == 1 and "run the same version" in errors[0]
+
+
+def test_a_new_registration_starts_afresh_even_when_steps_go_back(hand_coordinator):
+    """SPEC 5.6: after a coordinator resumes from an older checkpoint its steps number lower; a
+    worker that kept its latest step across registrations would skip every work and hang."""
+    worker, next_command, answer = hand_coordinator
+    identity, _ = next_command()
+    answer(identity, tiny_welcome(7))
+    work, params = tiny_work(7)
+    work.fields["step"], params.fields["step"] = 5, 5
+    for message in (work, params):
+        answer(identity, message)
+    assert next_command()[1].cmd == "grad" and next_command()[1].cmd == "push"
+    answer(identity, Message("reject", {"reason": "restarted", "reregister": True, "refers_to": {
+        "cmd": "heartbeat", "token": 7, "step": None, "chunks": []}}))
+    assert next_command()[1].cmd == "register"
+    answer(identity, tiny_welcome(8))
+    for message in tiny_work(8):                                     # step 0 < 5: computed all the same
+        answer(identity, message)
+    assert next_command()[1].cmd == "grad" and next_command()[1]["step"] == 0
+
+
+def test_a_sum_from_outside_a_chain_and_unreadable_messages_are_answered_but_not_counted(coordinator):
+    """SPEC 4.5: a `grad` with prefix true from a worker that is not a chain's last is answered
+    with `reject`; SPEC 5.5: messages whose command cannot be read are answered and never count."""
+    process, _, save_dir, peer = coordinator
+    worker = peer()
+    register(worker)
+    work, pieces = worker.expect_work()
+    sum_piece = zero_gradient(work, pieces)[0]
+    sum_piece.fields["prefix"] = True
+    worker.send(sum_piece)
+    refused = worker.expect("reject")
+    assert "not the last of this step's relay chain" in refused["reason"] and not refused["reregister"]
+    for _ in range(4):                                       # more than 3: none counts toward a stop
+        worker.send([SIGNATURE, b"\xc1"])
+        assert worker.expect("reject")["refers_to"]["cmd"] == ""
+    answer(worker, work, pieces)
+    assert worker.expect("ack")["status"] == "accepted"
+
+
+def test_a_relay_endpoint_must_be_the_worker_s_own_address(coordinator):
+    """SPEC 4, `register`: a relay anywhere else is refused with a reason; the worker still joins."""
+    _, _, save_dir, peer = coordinator
+    for relay, reason in (("tcp://*:5", "is not on the address"), ("tcp://10.9.9.9:4000", "is not on the address"),
+                          ("tcp://127.0.0.1:70000", "not 1-65535"), ("tcp://127.0.0.1:0", "not 1-65535")):
+        foreign = peer()
+        foreign.send(Message("register", {"name": "foreign", "relay": relay}))
+        refused = foreign.expect("reject")
+        assert reason in refused["reason"] and refused["refers_to"]["cmd"] == "register"
+        assert foreign.expect("welcome")["token"] > 0
+    log = open(os.path.join(save_dir, "coordinator.log")).read()
+    assert log.count("refused the relay of worker 'foreign'") == 4
 
 
 def test_a_work_whose_parameters_stop_coming_is_dropped_and_the_worker_registers_again(hand_coordinator,

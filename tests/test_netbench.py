@@ -22,11 +22,13 @@ def test_rates_are_checked_before_anything_is_built(monkeypatch, capsys):
 
 
 def test_configurations_put_the_slow_link_on_the_last_worker():
-    args = argparse.Namespace(network="none,1gbit", workers=[1, 2], slow="100mbit")
+    args = argparse.Namespace(network="none,1gbit", workers=[1, 2], slow="100mbit", security="none")
     rows = netbench.configurations(args)
-    assert [label for label, _ in rows] == ["none x1", "none x2", "none x2, host 2 at 100mbit",
-                                            "1gbit x1", "1gbit x2", "1gbit x2, host 2 at 100mbit"]
-    assert rows[2][1] == ["none", "none", "100mbit"]
+    assert [label for label, _, _ in rows] == ["none x1", "none x2", "none x2, host 2 at 100mbit",
+                                               "1gbit x1", "1gbit x2", "1gbit x2, host 2 at 100mbit"]
+    assert rows[2][1] == ["none", "none", "100mbit"] and not any(keyed for _, _, keyed in rows)
+    keyed = netbench.configurations(argparse.Namespace(network="1gbit", workers=[2], slow=None, security="none,curve"))
+    assert [(label, curve) for label, _, curve in keyed] == [("1gbit x2", False), ("1gbit x2 curve", True)]
 
 
 @pytest.mark.parametrize("rate, burst", [("1gbit", "1250000b"), ("100mbit", "125000b"), ("1mbit", "65536b")])

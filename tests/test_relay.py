@@ -256,3 +256,38 @@ def test_a_worker_on_a_slow_link_stays_off_the_chain_and_the_sum_stays_exact():
     expected += own[groups[2]]
     total = collected.gradients
     assert len(total) == 2 and np.array_equal(total[0] + total[1], expected)
+
+
+def test_a_chained_group_s_own_pieces_before_direct_are_refused_and_the_sum_still_stands():
+    """SPEC.md 4.5: a last chain member that labels its sum `prefix: false` must not have it
+    counted as its own group's gradient (it once corrupted the model without a log line)."""
+    _, config, server, tokens = chain_server()
+    computer = WorkerCompute(config.to_dict(), server.state.vocab)
+    items = sorted(server.start_step(), key=lambda i: i.group)
+    chain = server.in_flight.chain
+    answered, sums = run_chain(server, items, computer, np.dtype(np.float32))
+    last = items[-1]
+    mislabelled = server.accept_piece(last.token, 1, last.group, sums[0]["piece"], sums[0].arrays["grad"], prefix=False)
+    assert not mislabelled and "before `direct`" in mislabelled.refusal and not mislabelled.answer
+    stranger = server.accept_piece(items[0].token, 1, items[0].group, 0, sums[0].arrays["grad"], prefix=True)
+    assert not stranger and stranger.answer and "not the last" in stranger.refusal
+    for message in sums:
+        assert server.accept_piece(chain.tokens[-1], 1, last.group, message["piece"], message.arrays["grad"], prefix=True)
+    for item in items:
+        assert server.accept_push(item.token, 1, item.group, helpers.contribution_of(answered[item.group][2]),
+                                  1.0)[0] == "accepted"
+    assert server.collect().relayed
+
+
+def test_the_links_of_a_chain_carry_what_its_relayed_inputs_are_checked_against():
+    from protocol.relay_auth import digest
+    _, config, server, tokens = chain_server()
+    items = sorted(server.start_step(), key=lambda i: i.group)
+    fields = [server.work_out(item).message.fields for item in items]
+    pieces = [digest(p) for p in server.param_pieces()]
+    assert [f["params_digests"] for f in fields] == [[], pieces, pieces]
+    assert fields[0]["sum_key_in"] == "" and fields[-1]["sum_key_out"] == ""
+    assert fields[0]["sum_key_out"] == fields[1]["sum_key_in"] != fields[1]["sum_key_out"] == fields[2]["sum_key_in"]
+    server.in_flight = None
+    server.start_step()                                      # the next step: fresh keys
+    assert server.work_out(items[1]).message["sum_key_in"] not in (fields[1]["sum_key_in"], "")
