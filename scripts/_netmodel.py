@@ -7,23 +7,28 @@ from __future__ import annotations
 # streaming hooks of model/lstm.py on the default model: 16-20 % and 20-25 % for 4 to 25 chunks.
 LAYER0_FORWARD_SHARE = 0.17
 LAYER0_BACKWARD_SHARE = 0.22
+# What checking a relayed piece costs (SPEC.md 4.5): SHA-256 or HMAC-SHA256 of its bytes, 0.68-0.70 ms
+# per MiB on one idle core of the 2-core AMD EPYC (Zen 1); a hop checks each parameter piece once
+# before it forwards it, and each sum twice (the MAC in, the MAC out).
+CHECK_S_PER_BYTE = 0.69e-3 / 2 ** 20
 
 
 def step_s(workers: int, link_bytes_per_s: float, wire_bytes: float, compute_s: float, update_s: float,
-           layer0_share: float, piece_bytes: float | None = None) -> float:
+           layer0_share: float, piece_bytes: float | None = None, check_s_per_byte: float = CHECK_S_PER_BYTE) -> float:
     """Seconds per step, the transfers overlapped with compute as far as the pieces allow.
 
     wire_bytes: the parameter vector on the wire; layer0_share: layer 0's share of it.
     piece_bytes None: every worker gets its parameters from the coordinator and sends it its
     gradient (N copies through the coordinator's link); else a relay chain carries them in
-    pieces of that size (one copy per link, plus a piece's time per hop)."""
-    def carried_s(size: float) -> float:        # until `size` bytes reached every worker, or came back
+    pieces of that size (one copy per link, plus a piece's time and its checks per hop)."""
+    def carried_s(size: float, checks: int) -> float:       # until `size` bytes reached every worker, or came back
         if piece_bytes is None:
             return workers * size / link_bytes_per_s
-        return (size + (workers - 1) * piece_bytes) / link_bytes_per_s
+        hops = workers - 1
+        return (size + hops * piece_bytes) / link_bytes_per_s + hops * checks * piece_bytes * check_s_per_byte
 
-    layer0_s, all_s = carried_s(wire_bytes * layer0_share), carried_s(wire_bytes)
+    layer0_s, all_s = carried_s(wire_bytes * layer0_share, 1), carried_s(wire_bytes, 1)
     forward0_s, backward0_s = LAYER0_FORWARD_SHARE * compute_s, LAYER0_BACKWARD_SHARE * compute_s
     computed = max(layer0_s + forward0_s, all_s) + compute_s - forward0_s
-    top_in = computed - backward0_s + carried_s(wire_bytes * (1 - layer0_share))   # while layer 0's backward runs
-    return max(computed, top_in) + layer0_s + update_s
+    top_in = computed - backward0_s + carried_s(wire_bytes * (1 - layer0_share), 2)   # while layer 0's backward runs
+    return max(computed, top_in) + carried_s(wire_bytes * layer0_share, 2) + update_s
