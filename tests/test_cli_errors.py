@@ -30,20 +30,6 @@ def module(name, *args, timeout=30):
                           timeout=timeout, env=helpers.env())
 
 
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("c") / "corpus.txt"
-    path.write_text(generated_text(3000), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, small_corpus):
-    folder = tmp_path_factory.mktemp("ckpt")
-    helpers.train(small_corpus, str(folder), "--steps", 1, "--workers", 0)
-    return str(folder / "checkpoint.npz")
-
-
 def test_an_endpoint_without_a_scheme(checkpoint, small_corpus, tmp_path):
     one_error_line(helpers.run_script("sample.py", "--coordinator", "localhost:5555", check=False),
                    "tcp://HOST:PORT")

@@ -106,7 +106,10 @@ class FakeCoordinator:
                 identity = self.socket.recv_multipart()[0]
                 self.socket.send_multipart([identity, *self.answer])
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
         self.done.set()
         self.thread.join(5)
         self.socket.close()
@@ -133,12 +136,9 @@ def model_reply(config=None, vocab="abc", names=None, shapes=None, params=None, 
 
 @pytest.mark.timeout(60)
 def test_a_hostile_model_reply_is_one_error_for_the_sampler_never_a_crash(tmp_path):
-    good = FakeCoordinator(model_reply())
-    try:
+    with FakeCoordinator(model_reply()) as good:
         meta, params = pull_model(good.endpoint, 5)
-        assert meta["step"] == 3 and meta["hidden"] == 4 and params.size > 0
-    finally:
-        good.close()
+    assert meta["step"] == 3 and meta["hidden"] == 4 and params.size > 0
     hostile = {
         "a config of wrong types": model_reply(config={"hidden": "4"}),
         "a config out of range": model_reply(config={"layers": 0}),
@@ -148,26 +148,13 @@ def test_a_hostile_model_reply_is_one_error_for_the_sampler_never_a_crash(tmp_pa
         "another dtype than the config's": model_reply(params=np.zeros(len(model_reply()[2]) // 4, np.float64)),
         "an empty vocabulary": model_reply(vocab=""),
     }
-    for what, answer in hostile.items():
-        fake = FakeCoordinator(answer)
-        try:
-            with pytest.raises(PullError, match="sent a model this version cannot use|do not fit"):
-                pull_model(fake.endpoint, 5)
-        finally:
-            fake.close()
-        print(f"{what}: refused")
-    for frames in (nested_header(), model_reply(step=_deep_value())):     # dropped: no answer in time
-        fake = FakeCoordinator(frames)
-        try:
-            with pytest.raises(PullError, match="no answer"):
-                pull_model(fake.endpoint, 1)
-        finally:
-            fake.close()
-    fake = FakeCoordinator(model_reply(config={"hidden": -4}))
-    try:
+    refusals = [(answer, 5, "sent a model this version cannot use|do not fit") for answer in hostile.values()]
+    dropped = [(frames, 1, "no answer") for frames in (nested_header(), model_reply(step=_deep_value()))]
+    for answer, timeout, told in refusals + dropped:
+        with FakeCoordinator(answer) as fake, pytest.raises(PullError, match=told):
+            pull_model(fake.endpoint, timeout)
+    with FakeCoordinator(model_reply(config={"hidden": -4})) as fake:
         result = helpers.run_script("sample.py", "--coordinator", fake.endpoint, "--length", "5", check=False)
-    finally:
-        fake.close()
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
 

@@ -15,20 +15,6 @@ from test_cli_errors import module, one_error_line
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("c") / "corpus.txt"
-    path.write_text(generated_text(3000), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, small_corpus):
-    folder = tmp_path_factory.mktemp("ckpt")
-    helpers.train(small_corpus, str(folder), "--steps", 1, "--workers", 0)
-    return str(folder / "checkpoint.npz")
-
-
 def test_make_keys_again_keeps_every_pair_and_keeps_them_private(tmp_path):
     keys = str(tmp_path / "keys")
     helpers.run_script("make_keys.py", keys, "--clients", "worker", "sampler")
