@@ -147,3 +147,24 @@ def test_unauthenticated_wildcard_bind_warns_loudly(tmp_path):
     finally:
         helpers.stop_all(coordinator)
     assert "WARNING: listening on tcp://0.0.0.0" in (tmp_path / "coordinator.log").read_text()
+
+
+def test_a_nested_header_from_an_authorised_key_is_dropped_and_the_coordinator_serves_on(keys, secure_coordinator):
+    """One 1,054-byte message from the sampler's key (meant only for pulling) once killed a CURVE
+    coordinator without a checkpoint."""
+    from test_hostile import nested_header
+    coordinator, endpoint, save_dir = secure_coordinator
+    context = zmq.Context()
+    sampler = context.socket(zmq.DEALER)
+    CurveClient(keys, "sampler")(sampler)
+    sampler.connect(endpoint)
+    try:
+        for _ in range(3):
+            sampler.send_multipart(nested_header())
+        helpers.wait_for(lambda: "header nests containers deeper" in (save_dir / "coordinator.log").read_text(),
+                         10, "the coordinator's drop line")
+    finally:
+        sampler.close(0)
+        context.term()
+    meta, _ = pull_model(endpoint, 10, CurveClient(keys, "sampler"))
+    assert coordinator.poll() is None and meta["step"] == 0

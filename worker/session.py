@@ -34,7 +34,8 @@ class Session:
                            lambda text: reject_log(f"worker {self.name}: {text}"))
         self.thread = ComputeThread()
         self.grad_buffers = SendBuffers()       # gradients go out zero-copy; reused once sent
-        self.held = Holdings()
+        # a step's parameters, filled as they arrive; waiting for them ends after liveness_s
+        self.held = Holdings(lambda: self.math.compute.incoming(patience_s=self.liveness_s))
         self.welcomed, self.pushes = False, 0
         self.last_heard = self.last_sent = time.monotonic()
 
@@ -139,7 +140,7 @@ class Session:
         key = key_of(message)
         if key in held.works:
             return
-        inputs = held.inputs(message["step"], self.new_params)
+        inputs = held.inputs(message["step"])
         compute = self.math.compute
         grad_out = self.grad_buffers.take((compute.layout.total,), compute.dtype)
         work = held.works[key] = Work(key, ChainSums(message, compute.dtype, grad_out),
@@ -147,7 +148,7 @@ class Session:
         work.future = self.thread.submit(key, compute.compute, message, work.watch, grad_out, work.timings)
         for early in held.early_sums.pop(message["step"], []):
             self.take_sum(work, early)
-        self.store(message["step"], *held.digests_listed(message["step"], message["params_digests"], self.new_params))
+        self.store(message["step"], *held.digests_listed(message["step"], message["params_digests"]))
         if message["params_to"]:
             inputs.forward_to = message["params_to"]
             self.forward(message["step"])
@@ -158,11 +159,11 @@ class Session:
         digest its work lists (work.py holds it until that work has come)."""
         step, piece, array = message["step"], message["piece"], message.arrays["params"]
         if self.held.expects(step):
-            self.store(step, *(self.held.relayed_params(step, piece, array, self.new_params) if relayed
+            self.store(step, *(self.held.relayed_params(step, piece, array) if relayed
                                else ([(piece, array)], [])))
 
     def store(self, step: int, pieces: list, problems: list[str]) -> None:
-        inputs = self.held.inputs(step, self.new_params)
+        inputs = self.held.inputs(step)
         for piece, array in pieces:
             problem = inputs.params.put(piece, array)
             problems = problems + ([problem] if problem else [])
@@ -171,8 +172,6 @@ class Session:
         if pieces:
             self.forward(step)
 
-    def new_params(self):
-        return self.math.compute.incoming(patience_s=self.liveness_s)
     def prune(self) -> None:
         """Forgets what an older step or registration left (work.py's one rule for stale)."""
         for route in self.held.prune():

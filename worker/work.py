@@ -88,7 +88,8 @@ class Holdings:
     """Every work and every step's inputs a session holds, and the one rule for what is stale:
     anything of another registration, or of a step older than the latest work's."""
 
-    def __init__(self):
+    def __init__(self, new_params):
+        self.new_params = new_params        # () -> IncomingParams for a step
         self.works: dict[tuple, Work] = {}
         self.steps: dict[int, StepInputs] = {}
         self.early_sums: dict[int, list[Message]] = {}      # step -> sums relayed before its work came
@@ -103,19 +104,19 @@ class Holdings:
         the first work of a registration (latest_step -1) that is step 0 alone (SPEC.md 4.4)."""
         return self.latest_step <= step <= self.latest_step + 1
 
-    def inputs(self, step: int, new_params) -> StepInputs:
+    def inputs(self, step: int) -> StepInputs:
         """The step's inputs, made with new_params() when first asked for; the oldest steps'
         go so that at most STEPS_OF_PARAMS are kept."""
         if step not in self.steps:
             for old in sorted(self.steps)[:max(0, len(self.steps) - STEPS_OF_PARAMS + 1)]:
                 self.steps.pop(old).params.abort()
-            self.steps[step] = StepInputs(new_params())
+            self.steps[step] = StepInputs(self.new_params())
         return self.steps[step]
 
-    def relayed_params(self, step: int, piece: int, array, new_params) -> tuple[list, list[str]]:
+    def relayed_params(self, step: int, piece: int, array) -> tuple[list, list[str]]:
         """A relayed parameter piece: (pieces fit to use now, why any is dropped). Before the
         step's work has listed digests it is held, one copy per piece."""
-        inputs = self.inputs(step, new_params)
+        inputs = self.inputs(step)
         if inputs.digests:
             return inputs.checked({piece: [array]})
         if any(key[1] == step for key in self.works):
@@ -154,9 +155,9 @@ class Holdings:
         """The relay endpoints some work still sends to."""
         return {w.route.sum_to for w in self.works.values()} | {i.forward_to for i in self.steps.values()}
 
-    def digests_listed(self, step: int, digests: list[str], new_params) -> tuple[list, list[str]]:
+    def digests_listed(self, step: int, digests: list[str]) -> tuple[list, list[str]]:
         """A work listed its step's digests: the pieces held for it that match, and why others drop."""
-        inputs = self.inputs(step, new_params)
+        inputs = self.inputs(step)
         if not digests or inputs.digests:
             return [], []
         inputs.digests, held = digests, inputs.unchecked
