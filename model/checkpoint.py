@@ -1,6 +1,7 @@
 """Checkpoints: one .npz (no pickle), written atomically, with a short history to fall back on.
 
-Keys: `meta` (uint8 UTF-8 JSON), `param/<name>`, `rmsprop/<name>`, `chunks/h`, `chunks/c`,
+Keys: `meta` (uint8 UTF-8 JSON), `param/<name>`, `rmsprop/<name>`, `average/<name>` (with
+Config.ema_decay > 0), `chunks/h`, `chunks/c`,
 `chunks/step_in_epoch`. A model-only file (format "charlstm-model/1") has `meta` and
 `param/*` alone and is accepted wherever a model is loaded for sampling or evaluation.
 """
@@ -48,6 +49,9 @@ def state_arrays(state: TrainState) -> dict[str, np.ndarray]:
         arrays[f"param/{name}"] = view
     for name, view in state.layout.views(state.square_avg).items():
         arrays[f"rmsprop/{name}"] = view
+    if state.average is not None:
+        for name, view in state.layout.views(state.average).items():
+            arrays[f"average/{name}"] = view
     arrays["chunks/h"] = state.chunk_h
     arrays["chunks/c"] = state.chunk_c
     arrays["chunks/step_in_epoch"] = np.array(state.step_in_epoch, dtype=np.int64)
@@ -154,6 +158,7 @@ def load_state(path: str) -> TrainState:
     dtype = np.dtype(config.dtype)
     params = _params_from(arrays, meta, "param", path, dtype)
     square_avg = _params_from(arrays, meta, "rmsprop", path, dtype)
+    average = _params_from(arrays, meta, "average", path, dtype) if "average/head.b" in arrays else None
     expected = (config.layers, config.chunks, config.hidden)
     chunk_h, chunk_c = arrays.get("chunks/h"), arrays.get("chunks/c")
     if chunk_h is None or chunk_c is None or chunk_h.shape != expected or chunk_c.shape != expected:
@@ -162,7 +167,7 @@ def load_state(path: str) -> TrainState:
                                                  "steps_per_epoch", "corpus_sha256"}
     return TrainState(config=config, vocab=meta["vocab"], corpus_sha256=meta["corpus_sha256"],
                       steps_per_epoch=int(meta["steps_per_epoch"]), params=params,
-                      square_avg=square_avg, chunk_h=chunk_h.astype(dtype),
+                      square_avg=square_avg, average=average, chunk_h=chunk_h.astype(dtype),
                       chunk_c=chunk_c.astype(dtype), step=int(meta["step"]),
                       extra_meta={k: v for k, v in meta.items() if k not in known})
 

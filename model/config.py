@@ -51,6 +51,10 @@ class Config:
         "blocks, fast where OpenBLAS has its AVX-512 small-matrix kernel), 'single' (one product), "
         "or 'auto' (decided once per run from the coordinator's CPU, then kept in the checkpoint). "
         "The two forms differ in the last bits, so one run uses one form everywhere", RECURRENT_FORMS)
+    ema_decay: float = _field(
+        0.0, "keep an exponential moving average of the parameters, updated after every step with this "
+        "decay (e.g. 0.999); validation scores it beside the parameters, and best.npz keeps whichever "
+        "scores better. It never changes the training itself; 0 = off")
     wire_dtype: str = _field(
         "exact", "what parameters and gradients travel as between coordinator and workers: 'exact' "
         "(the run's dtype), or 'bfloat16' / 'float16', half the bytes, rounded (the in-process "
@@ -75,6 +79,8 @@ class Config:
             problems.append("need finite lr > 0, 0 <= rho < 1, eps > 0 and clip >= 0")
         if not (0.0 <= self.dropout < 1.0 and 0.0 < self.lr_decay <= 1.0 and self.lr_decay_after >= 0):
             problems.append("need 0 <= dropout < 1, 0 < lr_decay <= 1 and lr_decay_after >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"need 0 <= ema_decay < 1 (got {self.ema_decay})")
         for name in ("dtype", "recurrent_form", "wire_dtype"):
             choices = self.choices(name)
             if getattr(self, name) not in choices:

@@ -91,12 +91,17 @@ def curves_html(metrics_path: str) -> str:
     best = min(val, key=lambda m: m["val_loss"]) if val else None
     summary = (f"best validation loss {best['val_loss']:.4f} nats/char ({best['val_bits']:.4f} bits) at step "
                f"{best['step']}" if best else "no validation yet")
+    averaged = [m for m in val if "average_val_loss" in m]         # with --ema-decay
+    average_loss = [m["average_val_loss"] for m in averaged]
     charts = [_chart("loss against step", "optimizer step",
                      [("training (moving average of 25)", "#1f77b4", train_steps, smooth),
-                      ("validation", "#d62728", val_steps, val_loss)]),
+                      ("validation", "#d62728", val_steps, val_loss),
+                      ("validation, averaged parameters", "#2ca02c", [m["step"] for m in averaged], average_loss)]),
               _chart("loss against wall time", "hours of training",
                      [("training (moving average of 25)", "#1f77b4", hours, smooth),
-                      ("validation", "#d62728", val_hours, val_loss)])]
+                      ("validation", "#d62728", val_hours, val_loss),
+                      ("validation, averaged parameters", "#2ca02c", [m["elapsed_s"] / 3600 for m in averaged],
+                       average_loss)])]
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>training curves</title></head>"
             f"<body style='font-family:sans-serif'><h1>Training curves</h1><p>{html.escape(summary)}; "
             f"{len(train)} steps logged.</p>{''.join(charts)}</body></html>")

@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
+from .average import ParamAverage
 from .config import Config, resumed_config
 from .corpus import Corpus, make_corpus, read_corpus, sha256_text
 from .optim import RMSprop
@@ -102,9 +103,10 @@ class InProcessSource:
 
 
 def apply_step(state: TrainState, optimizer: RMSprop, gathered: Gathered,
-               new_params: np.ndarray) -> tuple[float, float]:
+               new_params: np.ndarray, average: ParamAverage | None = None) -> tuple[float, float]:
     """Sums the gathered gradients in their given order (never arrival order), clips, applies
-    RMSprop into new_params and keeps the chunks' new states. Returns (mean loss, grad norm)."""
+    RMSprop into new_params, keeps the chunks' new states and, with an average, moves it toward
+    the new parameters. Returns (mean loss, grad norm)."""
     contributions = gathered.contributions
     if not gathered.gradients or any(g is None for g in gathered.gradients):
         raise RuntimeError("a step's gradients are incomplete")
@@ -117,6 +119,8 @@ def apply_step(state: TrainState, optimizer: RMSprop, gathered: Gathered,
     norm = optimizer.step(state.params, gathered.gradients,
                           state.predictions_per_step, state.config.lr_at(state.epoch), out=new_params)
     state.advance(new_params, chunk_h, chunk_c)
+    if average is not None and state.average is not None:
+        average.update(state.average, state.params)
     return loss, norm
 
 
@@ -151,6 +155,7 @@ class TrainingRun:
         config = self.state.config
         self.validator = Validator(save_dir, corpus_path, config.val_fraction, log)
         self.optimizer = RMSprop(self.state.square_avg, config.rho, config.eps, config.clip)
+        self.average = ParamAverage(config.ema_decay) if config.ema_decay else None
         self.stop_signal: str | None = None
         self.started = time.monotonic()
         self.elapsed_before = float(self.state.extra_meta.get("elapsed_s", 0.0))
@@ -185,6 +190,12 @@ class TrainingRun:
             log(f"resuming from {source} at step {state.step} (epoch {state.epoch})")
             for change in changes:
                 log(f"resume: {change}, as a flag asks")
+            if config.ema_decay and state.average is None:
+                state.average = state.params.copy()
+                log(f"resume: the parameters' moving average starts from step {state.step}")
+            elif not config.ema_decay and state.average is not None:
+                state.average = None
+                log("resume: --ema-decay 0 drops the checkpoint's moving average of the parameters")
         self.state: TrainState = state
 
     @property
@@ -234,7 +245,7 @@ class TrainingRun:
         if gathered is None:
             return
         updating = time.monotonic()
-        loss, norm = apply_step(self.state, self.optimizer, gathered, source.params_out(self.state))
+        loss, norm = apply_step(self.state, self.optimizer, gathered, source.params_out(self.state), self.average)
         finished = time.monotonic()
         seconds = finished - started
         self.record_step(loss, norm, seconds, **gathered.figures, update_s=round(finished - updating, 4),

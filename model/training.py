@@ -28,6 +28,7 @@ class TrainState:
     chunk_c: np.ndarray         # (L, C, H)
     step: int = 0
     extra_meta: dict = field(default_factory=dict)
+    average: np.ndarray | None = None   # (P,) the parameters' moving average, with Config.ema_decay > 0
 
     @property
     def layout(self) -> ParamLayout:
@@ -63,11 +64,11 @@ def new_state(config: Config, corpus: Corpus) -> TrainState:
     dtype = np.dtype(config.dtype)
     layout = ParamLayout.for_model(len(corpus.vocab), config.layers, config.hidden)
     state_shape = (config.layers, config.chunks, config.hidden)
+    params = init_params(layout, config.hidden, config.seed, dtype)
     return TrainState(config=config, vocab=corpus.vocab, corpus_sha256=corpus.sha256,
-                      steps_per_epoch=corpus.steps_per_epoch,
-                      params=init_params(layout, config.hidden, config.seed, dtype),
+                      steps_per_epoch=corpus.steps_per_epoch, params=params,
                       square_avg=np.zeros(layout.total, dtype), chunk_h=np.zeros(state_shape, dtype),
-                      chunk_c=np.zeros(state_shape, dtype))
+                      chunk_c=np.zeros(state_shape, dtype), average=params.copy() if config.ema_decay else None)
 
 
 def shape_sizes(config: Config, layout: ParamLayout) -> dict:

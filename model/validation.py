@@ -1,5 +1,6 @@
 """Validation loss over the held-out tail, computed in a background process so the training
-loop does not stall: `python -m model.validation MODEL CORPUS VAL_FRACTION` prints one JSON line."""
+loop does not stall: `python -m model.validation CORPUS VAL_FRACTION MODEL [MODEL...]` prints
+one JSON line, a list with each model's figures."""
 from __future__ import annotations
 
 import json
@@ -27,6 +28,11 @@ class Validator:
         return os.path.join(self.save_dir, "validating.npz")
 
     @property
+    def average_path(self) -> str:
+        """The snapshot of the parameters' moving average (Config.ema_decay), scored beside them."""
+        return os.path.join(self.save_dir, "validating-average.npz")
+
+    @property
     def best_path(self) -> str:
         return os.path.join(self.save_dir, "best.npz")
 
@@ -34,13 +40,16 @@ class Validator:
         if self.process is not None:
             self.log(f"validation of step {self.step} still running; skipping step {state.step}")
             return
-        write_npz_atomic(self.snapshot_path, model_arrays(state_meta(state), state.params, "float32"))
+        meta = state_meta(state)
+        write_npz_atomic(self.snapshot_path, model_arrays(meta, state.params, "float32"))
+        models = [self.snapshot_path]
+        if state.average is not None:
+            write_npz_atomic(self.average_path, model_arrays(dict(meta, averaged=True), state.average, "float32"))
+            models.append(self.average_path)
         env = blas_thread_env(1)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "model.validation", os.path.abspath(self.snapshot_path),
-             os.path.abspath(self.corpus_path), str(self.val_fraction)], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True)
+            [sys.executable, "-m", "model.validation", os.path.abspath(self.corpus_path), str(self.val_fraction),
+             *map(os.path.abspath, models)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.step = state.step
 
     def poll(self, state, wait: bool = False) -> dict | None:
@@ -53,14 +62,19 @@ class Validator:
         if process.returncode != 0:
             self.log(f"warning: validation of step {self.step} failed: {err.strip()[-300:]}")
             return None
-        figures = json.loads(out)
-        result = {"step": self.step, "val_loss": figures["nats_per_char"], "val_bits": figures["bits_per_char"]}
-        best = state.extra_meta.get("best_val_loss", math.inf)
-        if result["val_loss"] < best:
-            os.replace(self.snapshot_path, self.best_path)
-            state.extra_meta.update(best_val_loss=result["val_loss"], best_val_step=self.step)
+        figures = json.loads(out)          # one per model: the parameters, then their average
+        result = {"step": self.step, "val_loss": figures[0]["nats_per_char"], "val_bits": figures[0]["bits_per_char"]}
+        if len(figures) > 1:
+            result.update(average_val_loss=figures[1]["nats_per_char"], average_val_bits=figures[1]["bits_per_char"])
+        scored = [(figures[0]["nats_per_char"], self.snapshot_path, "parameters")] + (
+            [(figures[1]["nats_per_char"], self.average_path, "average")] if len(figures) > 1 else [])
+        loss, path, which = min(scored)
+        if loss < state.extra_meta.get("best_val_loss", math.inf):
+            os.replace(path, self.best_path)
+            state.extra_meta.update(best_val_loss=loss, best_val_step=self.step, best_val_of=which)
+        average = f", average {result['average_val_loss']:.4f}" if len(figures) > 1 else ""
         self.log(f"validation at step {self.step}: {result['val_loss']:.4f} nats/char "
-                 f"({result['val_bits']:.4f} bits); best {state.extra_meta['best_val_loss']:.4f} "
+                 f"({result['val_bits']:.4f} bits){average}; best {state.extra_meta['best_val_loss']:.4f} "
                  f"at step {state.extra_meta['best_val_step']}")
         return result
 
@@ -72,10 +86,10 @@ class Validator:
 
 
 def main(argv=None) -> int:
-    model_path, corpus_path, fraction = (argv or sys.argv[1:])[:3]
+    corpus_path, fraction, *model_paths = argv or sys.argv[1:]
     text = read_corpus(corpus_path)
     held_out = text[split_point(len(text), float(fraction)):]
-    print(json.dumps(evaluate(Model(*load_model(model_path)), held_out)))
+    print(json.dumps([evaluate(Model(*load_model(path)), held_out) for path in model_paths]))
     return 0
 
 
