@@ -191,10 +191,11 @@ class TrainingRun:
             for change in changes:
                 log(f"resume: {change}, as a flag asks")
             if config.ema_decay and state.average is None:
-                state.average = state.params.copy()
-                log(f"resume: the parameters' moving average starts from step {state.step}")
+                state.average, state.extra_meta["average_from"] = np.zeros_like(state.params), state.step
+                log(f"resume: the parameters' moving average starts at step {state.step}")
             elif not config.ema_decay and state.average is not None:
                 state.average = None
+                state.extra_meta.pop("average_from", None)
                 log("resume: --ema-decay 0 drops the checkpoint's moving average of the parameters")
         self.state: TrainState = state
 

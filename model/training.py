@@ -46,6 +46,13 @@ class TrainState:
     def predictions_per_step(self) -> int:
         return self.config.chunks * self.config.seq_len
 
+    def averaged(self) -> np.ndarray | None:
+        """The parameters' moving average, debiased (model/average.py), or None without one."""
+        if self.average is None:
+            return None
+        from .average import debiased
+        return debiased(self.average, self.config.ema_decay, self.step - self.extra_meta.get("average_from", 0))
+
     def param_views(self) -> dict[str, np.ndarray]:
         return self.layout.views(self.params)
 
@@ -68,7 +75,9 @@ def new_state(config: Config, corpus: Corpus) -> TrainState:
     return TrainState(config=config, vocab=corpus.vocab, corpus_sha256=corpus.sha256,
                       steps_per_epoch=corpus.steps_per_epoch, params=params,
                       square_avg=np.zeros(layout.total, dtype), chunk_h=np.zeros(state_shape, dtype),
-                      chunk_c=np.zeros(state_shape, dtype), average=params.copy() if config.ema_decay else None)
+                      chunk_c=np.zeros(state_shape, dtype),
+                      average=np.zeros_like(params) if config.ema_decay else None,
+                      extra_meta={"average_from": 0} if config.ema_decay else {})
 
 
 def shape_sizes(config: Config, layout: ParamLayout) -> dict:

@@ -44,7 +44,7 @@ class Validator:
         write_npz_atomic(self.snapshot_path, model_arrays(meta, state.params, "float32"))
         models = [self.snapshot_path]
         if state.average is not None:
-            write_npz_atomic(self.average_path, model_arrays(dict(meta, averaged=True), state.average, "float32"))
+            write_npz_atomic(self.average_path, model_arrays(dict(meta, averaged=True), state.averaged(), "float32"))
             models.append(self.average_path)
         env = blas_thread_env(1)
         self.process = subprocess.Popen(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import helpers
-from model.average import ParamAverage
+from model.average import ParamAverage, debiased
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,6 +23,12 @@ def test_the_average_moves_by_one_minus_decay_toward_the_parameters():
     expected = average + (1 - 0.9) * (params - average)
     ParamAverage(0.9).update(average, params)
     np.testing.assert_array_equal(average, expected)
+    # started from zero and debiased: a weighted mean of what it saw, the first parameters included
+    first, second, average = rng.standard_normal(7), rng.standard_normal(7), np.zeros(7)
+    for params in (first, second):
+        ParamAverage(0.9).update(average, params)
+    np.testing.assert_allclose(debiased(average, 0.9, 2), (0.9 * first + second) / 1.9, rtol=1e-14)
+    assert not debiased(average, 0.9, 0).any()
 
 
 def test_the_average_changes_no_step_resumes_exactly_and_agrees_across_worker_counts(corpus, tmp_path):
