@@ -143,7 +143,7 @@ def start_cluster(corpus, save_dir, steps, workers, *extra):
 
 
 class Peer:
-    """A hand-driven DEALER that speaks CLSTM/3 through protocol/ only: a minimal worker or
+    """A hand-driven DEALER that speaks CLSTM/4 through protocol/ only: a minimal worker or
     client, for conformance, duplicates and hostile input."""
 
     def __init__(self, endpoint):
@@ -200,7 +200,7 @@ class Peer:
         self.context.term()
 
 
-# malformed CLSTM/3 frame sets, shared by the decode and live fuzz tests
+# malformed CLSTM/4 frame sets, shared by the decode and live fuzz tests
 
 def computed(computer, work: Message, params: list, grad_out=None) -> list[Message]:
     """What the project's worker answers to a work and its parameter pieces (arrays, or the
@@ -292,7 +292,7 @@ def malformed(rng: random.Random, good: list[bytes], dims: dict) -> list[bytes]:
         k = rng.randrange(2, len(frames))
         frames[k] = frames[k][:rng.randrange(len(frames[k]))]
     elif kind == 3:                                      # wrong protocol version
-        frames[0] = rng.choice([b"CLSTM/1", b"CLSTM/2", b"", b"HTTP/1.1", b"CLSTM/3 "])
+        frames[0] = rng.choice([b"CLSTM/1", b"CLSTM/3", b"", b"HTTP/1.1", b"CLSTM/4 "])
     elif kind == 4:                                      # wrong types / unknown command / extra field
         header = {"cmd": rng.choice(["push", "launch", "exec", 3, None]), "arrays": [],
                   "token": rng.choice([-1, "t", None, 2 ** 64 - 1, 1.5, [1]]), "extra": rng.random()}

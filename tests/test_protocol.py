@@ -1,4 +1,4 @@
-"""CLSTM/3 encode/decode: round trips, every kind of malformed message, a seeded fuzz."""
+"""CLSTM/4 encode/decode: round trips, every kind of malformed message, a seeded fuzz."""
 import random
 
 import msgpack
