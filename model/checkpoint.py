@@ -129,6 +129,15 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+def read_meta(path: str) -> dict:
+    """A checkpoint's meta alone, without reading its arrays; CheckpointError if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return json.loads(archive["meta"].tobytes().decode("utf-8"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({error})") from None
+
+
 def _params_from(arrays: dict, meta: dict, prefix: str, path: str, dtype) -> np.ndarray:
     layout = ParamLayout.for_model(len(meta["vocab"]), meta["layers"], meta["hidden"])
     try:

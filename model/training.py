@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from . import lstm
+from .average import debiased
 from .config import Config
 from .corpus import Corpus
 from .params import ParamLayout, init_params
@@ -50,7 +51,6 @@ class TrainState:
         """The parameters' moving average, debiased (model/average.py), or None without one."""
         if self.average is None:
             return None
-        from .average import debiased
         return debiased(self.average, self.config.ema_decay, self.step - self.extra_meta.get("average_from", 0))
 
     def param_views(self) -> dict[str, np.ndarray]:

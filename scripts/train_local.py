@@ -14,7 +14,7 @@ one_blas_thread()
 import argparse  # noqa: E402
 
 from coordinator.launcher import LocalCluster, train_in_process  # noqa: E402
-from model.checkpoint import CheckpointError, export_model, load_model  # noqa: E402
+from model.checkpoint import CheckpointError, export_model, load_model, read_meta  # noqa: E402
 from model.config import Config  # noqa: E402
 from model.cli import (Parser, RecipeError, add_training_arguments, load_recipe, non_negative_int, positive_float,
                        positive_int)  # noqa: E402
@@ -69,7 +69,7 @@ def chunks_of_run(args) -> int:
     path = os.path.join(args.save_dir, "checkpoint.npz")
     if not args.fresh and os.path.exists(path):
         try:
-            return int(load_model(path)[0]["chunks"])
+            return int(read_meta(path)["chunks"])      # the arrays are the run's to read
         except (CheckpointError, KeyError, TypeError, ValueError):
             pass                # the run itself reports an unreadable checkpoint
     return Config().chunks
