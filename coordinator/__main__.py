@@ -9,11 +9,12 @@ import sys  # noqa: E402
 
 from model.checkpoint import CheckpointError  # noqa: E402
 from model.cli import (Parser, add_training_arguments, config_from_args, explicit_settings, non_negative_int,
-                       positive_float, positive_int)  # noqa: E402
+                       positive_float, positive_int, share)  # noqa: E402
 from model.run import TrainingRun  # noqa: E402
 from protocol import HEARTBEAT_S, LIVENESS_S  # noqa: E402
 from protocol.security import CurveServer, SecurityError  # noqa: E402
 from protocol.transport import EndpointError, log_line  # noqa: E402
+from .audit import AUDIT_SHARE  # noqa: E402
 from .service import Coordinator  # noqa: E402
 
 
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--no-relay", action="store_true",
                      help="form no relay chains: every worker gets the parameters from this process and "
                           "sends its own gradient (with --curve-keys: every byte then stays inside CURVE)")
+    net.add_argument("--audit-share", type=share, default=AUDIT_SHARE,
+                     help="share of steps audited at random: a group recomputed by a second worker, a relay "
+                          "chain's sum checked against its members' gradients (protocol/SPEC.md 5.7); 0 leaves "
+                          "only the guard's audits (default: 1/32 = %(default)s)")
     net.add_argument("--max-message-mb", type=positive_float, default=512,
                      help="largest message accepted, in MiB (default: %(default)s)")
     net.add_argument("--log-every", type=non_negative_int, default=1,
@@ -59,7 +64,8 @@ def main(argv=None) -> int:
         coordinator = Coordinator(run.state, run.corpus, args.bind, curve_server=curve,
                                   heartbeat_s=args.heartbeat, liveness_s=args.liveness,
                                   max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-                                  min_workers=args.min_workers, relaying=not args.no_relay, trace=args.trace)
+                                  min_workers=args.min_workers, relaying=not args.no_relay, trace=args.trace,
+                                  audit_share=args.audit_share)
     except (ValueError, CheckpointError, OSError, SecurityError, EndpointError) as error:
         if curve is not None:
             curve.stop()

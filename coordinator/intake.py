@@ -9,6 +9,7 @@ from model.training import Contribution
 from protocol import Message
 from protocol.messages import MAX_REFUSED_PUSHES, ProtocolError, reference_of
 from protocol.transport import relay_endpoint_problem
+from .audit import Auditor
 from .sender import Sender
 from .server import ParameterServer
 from .step import Outcome
@@ -20,9 +21,9 @@ def reference_to(message: Message) -> dict:
 
 
 class Intake:
-    def __init__(self, server: ParameterServer, sender: Sender, pieces: list[int], heartbeat_s: float,
-                 liveness_s: float, log, reject_log):
-        self.server, self.sender = server, sender
+    def __init__(self, server: ParameterServer, sender: Sender, auditor: Auditor, pieces: list[int],
+                 heartbeat_s: float, liveness_s: float, log, reject_log):
+        self.server, self.sender, self.auditor = server, sender, auditor
         self.pieces = pieces            # the sizes the parameter vector travels in (SPEC.md 4.4)
         self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
         self.log, self.reject_log = log, reject_log
@@ -30,15 +31,20 @@ class Intake:
     def handle(self, identity: bytes, message: Message) -> None:
         cmd, server = message.cmd, self.server
         if cmd == "register":
+            if server.roster.barred(identity, message["name"]):
+                self.reject_log(f"refused the registration of {message['name']!r}: an audit found it wrong")
+                self.sender.send(identity, Message("stop", {"reason": "an audit found this worker's results wrong; "
+                                                                      "it is refused for the rest of this run"}))
+                return
             relay, problem = message["relay"], relay_endpoint_problem(message["relay"], message.peer)
             if relay and problem:           # welcomed all the same, but never chained
                 self.reject_log(f"refused the relay of worker {message['name']!r}: {problem}")
                 self.sender.reject(identity, f"{problem}; joining without a relay", False, reference_to(message))
                 relay = ""
-            self.welcome(identity, message["name"], relay)
+            self.welcome(identity, message["name"], relay, message["arithmetic"])
         elif cmd == "pull":
             self.sender.send(identity, self.model_message(), sends_params=True)
-        elif cmd in ("heartbeat", "grad", "push", "bye"):
+        elif cmd in ("heartbeat", "grad", "push", "bye", "sums"):
             token = message["token"]
             worker = server.workers.get(token)
             if worker is None or worker.identity != identity:     # a token is bound to its socket
@@ -48,7 +54,12 @@ class Intake:
                                        reference_to(message))
                 return
             server.roster.heard_from(token, time.monotonic())
-            if cmd == "grad":
+            key = (token, message.fields.get("step"), tuple(message.fields.get("chunks", ())))
+            if cmd in ("grad", "push") and self.auditor.takes(*key):
+                self.audit_copy(identity, token, message)
+            elif cmd == "sums":
+                self.auditor.take_sums(token, message)
+            elif cmd == "grad":
                 kept = server.accept_piece(token, message["step"], tuple(message["chunks"]), message["piece"],
                                            message.arrays["grad"], message["prefix"])
                 if kept.refusal:
@@ -63,9 +74,22 @@ class Intake:
         else:
             self.reject_log(f"dropped {cmd!r}: not a command the coordinator accepts")
 
-    def welcome(self, identity: bytes, name: str, relay: str) -> None:
+    def audit_copy(self, identity: bytes, token: int, message: Message) -> None:
+        """A piece or the push of an audit copy (SPEC.md 5.7): kept for the audit, not the step."""
+        key = (token, message["step"], tuple(message["chunks"]))
+        if message.cmd == "grad":
+            self.auditor.copy_piece(*key, message["piece"], message.arrays["grad"])
+            return
+        problem = self.auditor.copy_push(*key, Contribution(message["loss"], None, message.arrays["h"],
+                                                            message.arrays["c"], message["compute_s"]))
+        if problem:
+            self.refuse(token, problem, reference_to(message), counts=True)
+        else:
+            self.sender.send(token, Message("ack", {"step": key[1], "chunks": list(key[2]), "status": "accepted"}))
+
+    def welcome(self, identity: bytes, name: str, relay: str, arithmetic: str = "") -> None:
         server = self.server
-        token = server.register(identity, name, time.monotonic(), relay)
+        token = server.register(identity, name, time.monotonic(), relay, arithmetic)
         self.sender.send(token, Message("welcome", {
             "token": token, "config": server.state.config.to_dict(), "vocab": server.state.vocab,
             "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s, **self.layout_fields(),

@@ -93,7 +93,7 @@ class LocalCluster:
             self.coordinator = self._spawn(
                 ["-m", "coordinator", "--bind", f"ipc://{scratch}/coordinator", "--endpoint-file", endpoint_file,
                  "--liveness", str(self.args.liveness), "--min-workers", str(self.args.workers),
-                 "--log-every", "0", *training_argv(self.args)])
+                 "--log-every", "0", "--audit-share", repr(self.args.audit_share), *training_argv(self.args)])
             try:
                 endpoint = self._wait_for_endpoint(endpoint_file)
                 if endpoint is None:

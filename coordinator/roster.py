@@ -20,6 +20,7 @@ class WorkerRecord:
     last_heard: float
     last_sent: float = 0.0
     relay: str = ""             # where it accepts relayed messages (SPEC.md 4.5); "" for nowhere
+    arithmetic: str = ""        # what fixes its results' bits, as it declared (SPEC.md 5.7)
     refused_in_a_row: int = 0
     lost_in_a_row: int = 0      # own groups whose copy was accepted first
     walls_per_chunk: deque = field(default_factory=lambda: deque(maxlen=WALLS_KEPT))
@@ -35,17 +36,27 @@ class Roster:
     def __init__(self, liveness_s: float):
         self.liveness_s = liveness_s
         self.workers: dict[int, WorkerRecord] = {}
+        self.bars: set[bytes | str] = set()     # sockets and names found wrong by an audit (SPEC.md 5.7)
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
 
-    def register(self, identity: bytes, name: str, now: float, relay: str = "") -> tuple[int, list[int]]:
+    def register(self, identity: bytes, name: str, now: float, relay: str = "",
+                 arithmetic: str = "") -> tuple[int, list[int]]:
         """A new incarnation: (its token, the tokens of earlier registrations from the same
         socket, which are forgotten)."""
         forgotten = [t for t, w in self.workers.items() if w.identity == identity]
         for old in forgotten:
             del self.workers[old]
         token = next(self._tokens)
-        self.workers[token] = WorkerRecord(token, identity, name, now, relay=relay)
+        self.workers[token] = WorkerRecord(token, identity, name, now, relay=relay, arithmetic=arithmetic)
         return token, forgotten
+
+    def bar(self, identity: bytes, name: str) -> None:
+        """Refused for the rest of the run: its socket, and its name (a restarted process has a
+        new socket). Without CurveZMQ keys a stranger can pick another name: keys are the barrier."""
+        self.bars.update((identity, name))
+
+    def barred(self, identity: bytes, name: str) -> bool:
+        return identity in self.bars or name in self.bars
 
     def heard_from(self, token: int, now: float) -> bool:
         worker = self.workers.get(token)

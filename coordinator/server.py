@@ -13,6 +13,7 @@ from .backups import BackupCounts, BackupPolicy
 from .chain import NO_LINKS, RelayChain, SendDirect, SendParams
 from .chain_policy import ChainPolicy
 from .roster import Roster, WorkerRecord
+from .snapshots import JoinSnapshots
 from .step import Collected, Outcome, PieceResult, PushResult, SentWork, StepInFlight, WorkItem, WorkOut, partition
 from .work import WireParams, work_message
 
@@ -31,19 +32,28 @@ class ParameterServer:
         self.step_backups, self.total_backups = BackupCounts(), BackupCounts()
         self.wire_params = WireParams(state.layout.pieces)
         self.assembler = GradientAssembler(state.layout.pieces, state.params.dtype)
+        self.snapshots = JoinSnapshots()        # where the run goes back to if a worker is caught
 
     @property
     def workers(self) -> dict[int, WorkerRecord]:
         return self.roster.workers
 
     # who is there -------------------------------------------------------------------------
-    def register(self, identity: bytes, name: str, now: float, relay: str = "") -> int:
+    def register(self, identity: bytes, name: str, now: float, relay: str = "", arithmetic: str = "") -> int:
         """A new incarnation: any earlier registration from the same socket is forgotten; its
         unfinished groups become orphaned_work(), which the caller dispatches after welcoming."""
-        token, forgotten = self.roster.register(identity, name, now, relay)
+        token, forgotten = self.roster.register(identity, name, now, relay, arithmetic)
         for old in forgotten:
             self.assembler.forget(old)
+        self.snapshots.keep_for(list(self.workers))
         return token
+
+    def forget_everyone(self) -> None:
+        """The run goes back (SPEC.md 5.7): no step is in flight and every worker registers again."""
+        self.in_flight, self.chain_orders = None, []
+        self.roster.workers.clear()
+        self.assembler = GradientAssembler(self.state.layout.pieces, self.state.params.dtype)
+        self.sent, self.wire_params = SentWork(), WireParams(self.state.layout.pieces)
 
     def drop(self, token: int) -> list[WorkItem]:
         """Forgets a worker (dead or leaving); its unfinished groups go to live workers."""
@@ -115,6 +125,7 @@ class ParameterServer:
         links = chain.links(item.group, item.token) if chain else NO_LINKS
         if now is not None:
             self.sent.sent((item.token, item.step, item.group), now)
+            self.snapshots.working(self.state, item.token)
         return WorkOut(item.token, work_message(self.state, self.corpus, item.token, item.step, item.group, links),
                        chain is None or chain.sends_params(item.group, item.token))
 

@@ -19,12 +19,15 @@ import numpy as np
 import zmq
 
 from model.corpus import Corpus
+from model.rewind import Rewind
 from model.run import Gathered
 from model.training import TrainState, shape_sizes
 from protocol import HEARTBEAT_S, LIVENESS_S
 from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES
 from protocol.security import ServerHandshakeWatch
 from protocol.transport import RateLimitedLog, SendBuffers, bind_router, drain, log_line, peak_rss_mb, poll
+from .audit import AUDIT_SHARE
+from .checks import WAITING, StepChecks
 from .intake import Intake
 from .sender import Sender
 from .server import ParameterServer
@@ -43,7 +46,7 @@ class Coordinator:
     def __init__(self, state: TrainState, corpus: Corpus, bind: str, *, heartbeat_s: float = HEARTBEAT_S,
                  liveness_s: float = LIVENESS_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  min_workers: int = 1, curve_server=None, relaying: bool = True, log=log_line,
-                 trace: str | None = None):
+                 trace: str | None = None, audit_share: float = AUDIT_SHARE):
         self.dims = shape_sizes(state.config, state.layout)
         needed = largest_message_in(self.dims, state.config.chunks)
         if max_message_bytes < needed:      # else every push would be dropped, and the run would hang
@@ -66,9 +69,11 @@ class Coordinator:
             self.context.destroy(linger=0)
             raise
         self.sender = Sender(self.socket, self.server)
-        self.intake = Intake(self.server, self.sender, self.dims["pieces"], heartbeat_s, liveness_s, log,
-                             self.reject_log)
-        self.min_workers = min_workers      # before the first step, so the partition is reproducible
+        self.checks = StepChecks(self.server, self.sender, corpus, liveness_s, log, self.backup_log, audit_share)
+        self.intake = Intake(self.server, self.sender, self.checks.auditor, self.dims["pieces"], heartbeat_s,
+                             liveness_s, log, self.reject_log)
+        # before the first step, and after going back, so the partition is reproducible
+        self.min_workers = self.required_workers = min_workers
         self.waiting_logged = time.monotonic()     # "waiting for workers" only after a while alone
         self.buffers = SendBuffers()
         # scripts/netbench.py: per step, when its work went out and its last result came in
@@ -82,14 +87,15 @@ class Coordinator:
         return self.server.state
 
     # the step source ------------------------------------------------------------------------
-    def gather(self, state: TrainState, stopping) -> Gathered | None:
-        """Serves until every group of state.step has arrived (or stopping() is true: None)."""
+    def gather(self, state: TrainState, stopping) -> Gathered | Rewind | None:
+        """Serves until every group of state.step has arrived and passed its checks (or a worker
+        was found wrong: a Rewind; or stopping() is true: None)."""
         server = self.server
         while not stopping():
             if server.in_flight is None and len(server.workers) >= self.min_workers:
                 self.min_workers = 1
                 self.dispatched_at = time.monotonic()
-                self.sender.dispatch(server.start_step())                   # start, dispatch
+                self.sender.dispatch(self.checks.plan(server.start_step()))     # start, dispatch
             # while a step is out, wake often enough to copy a late group to an idle worker
             ready = poll([self.socket], self.heartbeat_s / (20 if server.in_flight else 4))
             for identity, message, error in drain(self.socket, ready, True, self.dims,    # intake
@@ -98,12 +104,28 @@ class Coordinator:
                     self.intake.handle(identity, message)
                 elif error is not None:
                     self.intake.invalid(identity, error)
-                if server.in_flight and server.in_flight.complete:
-                    return self._gathered(server.collect())                  # collect
+                done = self.settled()                                        # check, collect
+                if done is not None:
+                    return done
             self.housekeeping()                                              # watch
+            done = self.settled()
+            if done is not None:
+                return done
         return None
 
-    def _gathered(self, collected: Collected) -> Gathered:
+    def settled(self) -> Gathered | Rewind | None:
+        """A complete step once its checks are done (coordinator/checks.py), else None."""
+        if not (self.server.in_flight and self.server.in_flight.complete):
+            return None
+        checked = self.checks.settle(time.monotonic())
+        if isinstance(checked, Rewind):
+            self.min_workers = self.required_workers
+            return checked
+        if checked is WAITING:
+            return None
+        return self._gathered(self.server.collect(), checked)
+
+    def _gathered(self, collected: Collected, audit) -> Gathered:
         backups = self.server.take_backup_counts()
         if self.trace:
             self.trace.write(json.dumps({"step": self.state.step, "dispatched": self.dispatched_at,
@@ -113,7 +135,7 @@ class Coordinator:
             "workers": len(self.server.workers),
             "compute_s": round(max(c.compute_s for c in contributions.values()), 4),
             "backups_issued": backups.issued, "backups_won": backups.won, "backups_wasted": backups.wasted,
-            "relayed": int(collected.relayed)})
+            "relayed": int(collected.relayed), "audited": audit.reason if audit else ""})
 
     def params_out(self, state: TrainState) -> np.ndarray:
         """A vector no pending send is reading; the current one retires with its sends."""
@@ -133,7 +155,7 @@ class Coordinator:
         self.backup_log.flush()
         totals = self.server.total_backups
         self.log(f"{self.reject_log.total} invalid or refused messages in this run; backup copies: "
-                 f"{totals.issued} issued, {totals.won} won, {totals.wasted} wasted; "
+                 f"{totals.issued} issued, {totals.won} won, {totals.wasted} wasted; {self.checks.summary()}; "
                  f"peak RSS {peak_rss_mb():.0f} MB")
         self.handshakes.close()
         self.socket.close(linger=1000)

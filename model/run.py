@@ -22,6 +22,7 @@ from .config import Config, resumed_config
 from .corpus import Corpus, make_corpus, read_corpus, sha256_text
 from .optim import RMSprop
 from .recurrent import resolve_form
+from .rewind import Rewind, restore, set_aside
 from .savedir import SaveDirLock, archive_previous_run
 from .training import ChunkGradients, Contribution, TrainState, new_state
 from .validation import Validator
@@ -68,7 +69,7 @@ class Gathered:
 
 
 class StepSource(Protocol):
-    def gather(self, state: TrainState, stopping: Callable[[], bool]) -> Gathered | None:
+    def gather(self, state: TrainState, stopping: Callable[[], bool]) -> Gathered | Rewind | None:
         """The contributions of every chunk for state.step; None if stopping() became true first."""
 
     def params_out(self, state: TrainState) -> np.ndarray:
@@ -245,12 +246,28 @@ class TrainingRun:
         gathered = source.gather(self.state, lambda: self.stop_signal is not None)
         if gathered is None:
             return
+        if isinstance(gathered, Rewind):
+            self.rewind(gathered)
+            return
         updating = time.monotonic()
         loss, norm = apply_step(self.state, self.optimizer, gathered, source.params_out(self.state), self.average)
         finished = time.monotonic()
         seconds = finished - started
         self.record_step(loss, norm, seconds, **gathered.figures, update_s=round(finished - updating, 4),
                          step_s=round(seconds, 4))
+
+    def rewind(self, rewind: Rewind) -> None:
+        """Back to an earlier state: said in the log and in metrics.jsonl, what the later steps
+        left moved aside (model/rewind.py), the state checkpointed at once."""
+        self.validator.close()          # a validation of a step being undone
+        state, left = self.state, self.state.step
+        moved = set_aside(self.save_dir, rewind.state.step, state.extra_meta.get("best_val_step"))
+        restore(state, rewind.state)
+        self.log(f"rolled back from step {left} to step {state.step}: {rewind.reason}; the steps after "
+                 f"{state.step} are computed again" + (f" (their {moved})" if moved else ""))
+        self._append_metrics({"step": state.step, "rewind_from": left, "reason": rewind.reason,
+                              "elapsed_s": round(self.elapsed(), 3)})
+        self.checkpoint()
 
     def _catch_stop_signals(self) -> dict:
         if threading.current_thread() is not threading.main_thread():

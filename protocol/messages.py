@@ -1,4 +1,4 @@
-"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/4 (SPEC.md, sections 3-4)."""
+"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/5 (SPEC.md, sections 3-4)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-SIGNATURE = b"CLSTM/4"
+SIGNATURE = b"CLSTM/5"
 MAX_HEADER_BYTES = 64 * 1024
 # Containers nested in a header, the header map itself counted: `shapes` (map > list > list) is the
 # deepest the protocol needs. Anything deeper is refused before any field is looked at, so nothing
@@ -40,22 +40,25 @@ class ProtocolError(ValueError):
 
 
 # Field kinds.
-INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, SIZES, STRS, SHAPES, REFERENCE, WIRE, RELAY, HEX, HEXES = (
-    "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "sizes", "strs", "shapes",
-    "reference", "wire", "relay", "hex", "hexes")
+INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, SIZES, STRS, SHAPES, REFERENCE, WIRE, RELAY, HEX, HEXES, \
+    DIGESTS, ARITHMETIC = (
+        "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "sizes", "strs", "shapes",
+        "reference", "wire", "relay", "hex", "hexes", "digests", "arithmetic")
 HEX_CHARS = 64          # a SHA-256 digest, an HMAC-SHA256 or a 32-byte key, in lowercase hex (SPEC.md 4.5)
 MAX_PIECES = 4096
 MAX_RELAY_CHARS = 256
+MAX_ARITHMETIC_CHARS = 256
 
 # cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
 STATE = ("L", "B", "H")
 SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]] = {
-    "register": ({"name": NAME, "relay": RELAY}, {}),
+    "register": ({"name": NAME, "relay": RELAY, "arithmetic": ARITHMETIC}, {}),
     "heartbeat": ({"token": INT}, {}),
     "grad": ({"token": INT, "step": INT, "chunks": CHUNKS, "piece": INT, "prefix": BOOL, "mac": HEX},
              {"grad": ("wire", ("piece",))}),
     "push": ({"token": INT, "step": INT, "chunks": CHUNKS, "loss": FLOAT, "compute_s": FLOAT},
              {"h": ("float", STATE), "c": ("float", STATE)}),
+    "sums": ({"token": INT, "step": INT, "chunks": CHUNKS, "sum_in": DIGESTS, "sum_out": DIGESTS}, {}),
     "bye": ({"token": INT}, {}),
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
                  "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES, "pieces": SIZES}, {}),
@@ -124,6 +127,8 @@ def _check_field(cmd: str, name: str, kind: str, value) -> None:
         BOOL: lambda v: isinstance(v, bool),
         HEX: _is_hex,
         HEXES: lambda v: isinstance(v, list) and len(v) <= MAX_PIECES and all(_is_hex(x, False) for x in v),
+        DIGESTS: lambda v: isinstance(v, list) and len(v) <= MAX_PIECES and all(_is_hex(x) for x in v),
+        ARITHMETIC: lambda v: isinstance(v, str) and len(v) <= MAX_ARITHMETIC_CHARS,
         MAP: lambda v: isinstance(v, dict),
         INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
         SIZES: lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_int(x) and x >= 1 for x in v),

@@ -13,11 +13,12 @@ one_blas_thread()
 
 import argparse  # noqa: E402
 
+from coordinator.audit import AUDIT_SHARE  # noqa: E402
 from coordinator.launcher import LocalCluster, train_in_process  # noqa: E402
 from model.checkpoint import CheckpointError, export_model, load_model, read_meta  # noqa: E402
 from model.config import Config  # noqa: E402
 from model.cli import (Parser, RecipeError, add_training_arguments, load_recipe, non_negative_int, positive_float,
-                       positive_int)  # noqa: E402
+                       share, positive_int)  # noqa: E402
 from model.run import check_paths, target_steps  # noqa: E402
 from protocol import LIVENESS_S  # noqa: E402
 
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds of silence before a worker is declared dead (default: %(default)s)")
     parser.add_argument("--plot-every", type=non_negative_int, default=100,
                         help="refresh <save-dir>/curves.html every N steps; 0 = never (default: %(default)s)")
+    parser.add_argument("--audit-share", type=share, default=AUDIT_SHARE,
+                        help="share of steps whose results are checked by recomputation (protocol/SPEC.md "
+                             "5.7) (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     add_training_arguments(parser)
     return parser

@@ -74,7 +74,7 @@ def coordinator(corpus, tmp_path):
 
 
 def register(peer: Peer, name="spec-worker") -> Message:
-    peer.send(Message("register", {"name": name, "relay": ""}))
+    peer.send(Message("register", {"name": name, "relay": "", "arithmetic": "spec-built/1"}))
     return peer.expect("welcome")
 
 
@@ -300,7 +300,7 @@ def test_a_relay_endpoint_must_be_the_worker_s_own_address(coordinator):
     for relay, reason in (("tcp://*:5", "is not on the address"), ("tcp://10.9.9.9:4000", "is not on the address"),
                           ("tcp://127.0.0.1:70000", "not 1-65535"), ("tcp://127.0.0.1:0", "not 1-65535")):
         foreign = peer()
-        foreign.send(Message("register", {"name": "foreign", "relay": relay}))
+        foreign.send(Message("register", {"name": "foreign", "relay": relay, "arithmetic": ""}))
         refused = foreign.expect("reject")
         assert reason in refused["reason"] and refused["refers_to"]["cmd"] == "register"
         assert foreign.expect("welcome")["token"] > 0

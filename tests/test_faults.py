@@ -75,7 +75,7 @@ def test_hostile_input_then_normal_training(corpus, tmp_path):
     try:
         endpoint = helpers.read_endpoint(endpoint_file, coordinator)
         fake, stranger = helpers.Peer(endpoint), helpers.Peer(endpoint)
-        fake.send(encode(Message("register", {"name": "fake", "relay": ""})))
+        fake.send(encode(Message("register", {"name": "fake", "relay": "", "arithmetic": "spec-built/1"})))
         welcome = fake.expect("welcome")
         work, pieces = fake.expect_work()
         from worker.compute import WorkerCompute

@@ -43,7 +43,8 @@ def every_command() -> list[Message]:
                    {"h": np.ones((2, 1, 3), np.float32), "c": np.ones((2, 1, 3), np.float32),
                     "inputs": np.zeros((1, 4), np.int32), "targets": np.ones((1, 4), np.int32)})
     params = Message("params", {"step": 0, "piece": 0}, {"params": np.ones(4, np.uint16)})
-    return [push(), grad(), work, params, Message("register", {"name": "w", "relay": ""}),
+    return [push(), grad(), work, params, Message("register", {"name": "w", "relay": "", "arithmetic": "a" * 256}),
+            Message("sums", {"token": 1, "step": 0, "chunks": [0, 1], "sum_in": ["", "ab" * 32], "sum_out": ["cd" * 32, ""]}),
                 Message("direct", {"step": 0, "chunks": [0]}), Message("heartbeat", {"token": 1}),
                 Message("bye", {"token": 1}), Message("pull"), Message("stop", {"reason": "done"}),
                 Message("welcome", {"token": 1, "config": {"a": 1}, "vocab": "ab", "heartbeat_s": 1.0,
@@ -189,8 +190,8 @@ def test_tracked_send_says_when_the_arrays_may_be_reused(tmp_path):
 
 
 def test_field_types_as_the_spec_states_them():
-    register = lambda name, relay="": [bytes(f) for f in encode(Message("register", {"name": "x", "relay": ""}))][:1] + [
-        msgpack.packb({"cmd": "register", "arrays": [], "name": name, "relay": relay})]
+    register = lambda name, relay="": [bytes(f) for f in encode(Message("register", {"name": "x", "relay": "", "arithmetic": "spec-built/1"}))][:1] + [
+        msgpack.packb({"cmd": "register", "arrays": [], "name": name, "relay": relay, "arithmetic": ""})]
     assert decode(register("w" * 128))["name"] == "w" * 128
     with pytest.raises(ProtocolError, match="name"):
         decode(register("w" * 129))
@@ -198,6 +199,15 @@ def test_field_types_as_the_spec_states_them():
     for bad in ("ipc:///tmp/x", "tcp://" + "h" * 300, 5):
         with pytest.raises(ProtocolError, match="relay"):
             decode(register("w", bad))
+    with pytest.raises(ProtocolError, match="arithmetic"):
+        decode([SIGNATURE, msgpack.packb({"cmd": "register", "arrays": [], "name": "x", "relay": "",
+                                          "arithmetic": "a" * 257})])
+    sums = lambda digests: Message("sums", {"token": 1, "step": 0, "chunks": [0], "sum_in": digests, "sum_out": []})
+    assert decode(encode(sums(["", "ab" * 32])))["sum_in"] == ["", "ab" * 32]
+    for bad in (["AB" * 32], ["ab"], "ab" * 32, [5]):
+        with pytest.raises(ProtocolError, match="sum_in"):
+            decode([SIGNATURE, msgpack.packb({"cmd": "sums", "arrays": [], "token": 1, "step": 0, "chunks": [0],
+                                              "sum_in": bad, "sum_out": []})])
     assert decode(encode_unchecked(push(fields={"loss": 12, "compute_s": 0})), DIMS)["loss"] == 12
     for bad in (3.0, -1, True):
         with pytest.raises(ProtocolError, match="token"):

@@ -184,9 +184,11 @@ def test_a_direct_order_sends_every_own_piece_to_the_coordinator_once():
     chain = ChainSums(work, np.float32, None)
     assert chain.own_piece(1, np.ones(2, np.float32)) == []          # waits for the sum before it
     assert chain.follows([1, 2]) and not chain.follows([0, 1])
-    direct = chain.go_direct()
-    assert [(d, m["piece"], m["prefix"]) for d, m in direct] == [(COORDINATOR, 1, False)]
-    assert chain.sum_before(1, np.ones(2, np.float32)) == [] and chain.go_direct() == []
+    direct = chain.go_direct(2)
+    assert [(d, m["piece"], m["prefix"]) for d, m in direct[:-1]] == [(COORDINATOR, 1, False)]
+    sums = direct[-1][1]            # then what it received and sent on: nothing yet (SPEC.md 4)
+    assert direct[-1][0] == COORDINATOR and (sums.cmd, sums["sum_in"], sums["sum_out"]) == ("sums", ["", ""], ["", ""])
+    assert chain.sum_before(1, np.ones(2, np.float32)) == [] and chain.go_direct(2) == []
     assert [(d, m["prefix"]) for d, m in chain.own_piece(0, np.ones(2, np.float32))] == [(COORDINATOR, False)]
 
 

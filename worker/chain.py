@@ -8,7 +8,7 @@ import numpy as np
 
 from model.wire import widen
 from protocol import Message
-from protocol.relay_auth import same, sum_mac
+from protocol.relay_auth import digest, same, sum_mac
 
 COORDINATOR = ""
 
@@ -24,6 +24,7 @@ class ChainSums:
         self.trackers: list = []            # sends of views of grad_out
         self.own: dict[int, np.ndarray] = {}        # piece -> own gradient piece, as it travels
         self.before: dict[int, np.ndarray] = {}     # piece -> the sum of the workers before this one
+        self.sent: dict[int, np.ndarray] = {}       # piece -> the sum this worker sent on, for `sums`
         self.summed: set[int] = set()
         self.direct = not self.in_chain
 
@@ -60,11 +61,20 @@ class ChainSums:
         total = self.own[piece]
         if self.sum_from:           # in the run's dtype, earlier groups first: the coordinator's own order
             total = np.add(widen(self.before[piece], self.dtype), widen(self.own[piece], self.dtype))
+        self.sent[piece] = total
         return [(self.sum_to, self._grad(piece, total, True, to_relay=self.sum_to != COORDINATOR))]
 
-    def go_direct(self) -> list[tuple[str, Message]]:
-        """The chain is abandoned: every own piece so far to the coordinator, and later ones too."""
+    def go_direct(self, pieces: int) -> list[tuple[str, Message]]:
+        """The chain is abandoned or audited: every own piece so far to the coordinator (and later
+        ones too), then, in a chain, what it received and sent on (`sums`, SPEC.md 4)."""
         if self.direct:
             return []
         self.direct = True
-        return [(COORDINATOR, self._grad(piece, array, False)) for piece, array in sorted(self.own.items())]
+        own = [(COORDINATOR, self._grad(piece, array, False)) for piece, array in sorted(self.own.items())]
+        return own + ([(COORDINATOR, self.sums(pieces))] if self.in_chain else [])
+
+    def sums(self, pieces: int) -> Message:
+        """The digests of the sums received and sent on, widened to the run's dtype ("" where none)."""
+        def digests(arrays: dict) -> list[str]:
+            return [digest(widen(arrays[p], self.dtype)) if p in arrays else "" for p in range(pieces)]
+        return Message("sums", {**self.names, "sum_in": digests(self.before), "sum_out": digests(self.sent)})

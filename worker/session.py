@@ -10,6 +10,7 @@ import time
 
 import zmq
 
+from model.arithmetic import arithmetic
 from protocol import Message
 from protocol.security import HandshakeWatch
 from protocol.transport import SendBuffers, connect_dealer, drain, peak_rss_mb, poll, send
@@ -86,7 +87,8 @@ class Session:
 
     def register(self) -> None:
         self.held.token = None
-        self.transmit(Message("register", {"name": self.name, "relay": self.relay.endpoint}))
+        self.transmit(Message("register", {"name": self.name, "relay": self.relay.endpoint,
+                                           "arithmetic": arithmetic()}))
 
     def transmit(self, message: Message, track: bool = False) -> zmq.MessageTracker | None:
         tracker = send(self.socket, message, track=track)
@@ -105,7 +107,7 @@ class Session:
         elif cmd == "direct" and token is not None:
             work = self.held.works.get((token, message["step"], tuple(message["chunks"])))
             if work is not None:
-                self.send_all(work.route, work.route.go_direct())
+                self.send_all(work.route, work.route.go_direct(len(self.math.dims["pieces"])))
         elif cmd == "reject":
             refused = message["refers_to"]
             self.reject_log(f"worker {self.name}: coordinator refused {refused['cmd'] or 'a message'}"

@@ -1,0 +1,117 @@
+"""Audits (SPEC.md 5.7) against registered workers that return wrong numbers: each liar is named,
+stopped and barred, the run goes back to a state from before the liar's first step, a replacement
+joins, and the final checkpoint equals a clean run's with the same worker count, array by array."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+import helpers
+from model.checkpoint import read_npz
+
+pytestmark = pytest.mark.timeout(240)
+CHUNKS = 7
+
+
+def run(corpus, save_dir, steps, honest_before, lie, honest_after, *flags, worker_flags=()):
+    """Workers in token order: honest_before honest ones, the liar (if lie), honest_after more;
+    when the liar is named, one honest replacement. Returns the coordinator's log."""
+    workers = honest_before + (1 if lie else 0) + honest_after
+    coordinator, endpoint = helpers.start_coordinator(corpus, save_dir, steps, "--chunks", CHUNKS, *flags,
+                                                      workers=workers)
+    log_path = os.path.join(save_dir, "coordinator.log")
+    pool, registered = [], lambda n: len(re.findall(r"registered \(token", open(log_path).read())) >= n
+    for k in range(workers):
+        liar = lie and k == honest_before
+        module = ("tests.liar_worker", lie) if liar else ("worker",)
+        pool.append(helpers.spawn(*module, "--connect", endpoint, "--name", "liar" if liar else f"w{k}",
+                                  *worker_flags, log_path=os.path.join(save_dir, f"worker{k}.log")))
+        helpers.wait_for(lambda: registered(k + 1), 30, f"worker {k} to register")   # token order = this order
+    try:
+        if lie:
+            helpers.wait_for(lambda: "is wrong" in open(log_path).read(), 120, "the liar to be named")
+            pool.append(helpers.spawn("worker", "--connect", endpoint, "--name", "spare", *worker_flags,
+                                      log_path=os.path.join(save_dir, "spare.log")))
+        coordinator.wait(timeout=180)
+        assert coordinator.returncode == 0, open(log_path).read()[-3000:]
+    finally:
+        helpers.stop_all(coordinator, *pool)
+    return open(log_path).read()
+
+
+def same_arrays(a_dir, b_dir):
+    a, b = read_npz(os.path.join(a_dir, "checkpoint.npz")), read_npz(os.path.join(b_dir, "checkpoint.npz"))
+    assert a.keys() == b.keys()
+    for name in a:
+        if name != "meta":
+            assert np.array_equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def clean3(tmp_path_factory, corpus):
+    save_dir = str(tmp_path_factory.mktemp("clean3"))
+    log = run(corpus, save_dir, 14, 3, None, 0, "--audit-share", "1")
+    assert "0 failed" in log, log[-2000:]
+    return save_dir
+
+
+@pytest.mark.parametrize("lie", ["negate-sum", "add-1000"])
+def test_a_mid_chain_liar_is_named_and_undone(tmp_path, corpus, clean3, lie):
+    log = run(corpus, str(tmp_path), 14, 1, lie, 1, "--audit-share", "1")
+    named = re.search(r"audit of step (\d+) \((.*?)\): worker 'liar' is wrong — (.*)", log)
+    assert named, log[-3000:]
+    assert "the sum it sent on" in named.group(3), named.group(0)
+    assert re.search(r"rolled back from step \d+ to step 0", log), log[-2000:]
+    same_arrays(str(tmp_path), clean3)
+
+
+def test_a_bit_flip_every_50th_step_is_caught_at_step_50(tmp_path, tmp_path_factory, corpus):
+    clean = str(tmp_path_factory.mktemp("clean60"))
+    run(corpus, clean, 60, 3, None, 0, "--audit-share", "1")
+    log = run(corpus, str(tmp_path), 60, 1, "flip-bit-50", 1, "--audit-share", "1")
+    assert re.search(r"audit of step 50 \(a random audit\): worker 'liar' is wrong — (the sum it sent on|its own gradient)", log), \
+        log[-3000:]
+    assert "rolled back from step 50 to step 0" in log
+    same_arrays(str(tmp_path), clean)
+
+
+def test_a_direct_worker_with_a_wrong_gradient_is_caught_by_a_copy(tmp_path, tmp_path_factory, corpus):
+    clean = str(tmp_path_factory.mktemp("clean2"))
+    run(corpus, clean, 14, 2, None, 0, "--audit-share", "1", worker_flags=("--no-relay",))
+    log = run(corpus, str(tmp_path), 14, 1, "wrong-own", 0, "--audit-share", "1", worker_flags=("--no-relay",))
+    named = re.search(r"worker 'liar' is wrong — its (result|copy) of chunks \d+-\d+ at step \d+: gradient piece", log)
+    assert named, log[-3000:]
+    assert "'w0' is wrong" not in log
+    same_arrays(str(tmp_path), clean)
+
+
+def test_the_guard_catches_a_gross_attack_between_audits(tmp_path, tmp_path_factory, corpus, monkeypatch):
+    clean = str(tmp_path_factory.mktemp("clean30"))
+    run(corpus, clean, 30, 3, None, 0, "--audit-share", "0")
+    monkeypatch.setenv("LIE_FROM_STEP", "20")
+    log = run(corpus, str(tmp_path), 30, 1, "add-1000", 1, "--audit-share", "0")
+    called = re.search(r"step (\d+): gradient norm .* auditing every result", log)
+    assert called and int(called.group(1)) in (20, 21), log[-3000:]
+    named = re.search(r"audit of step (\d+) \(an audit the guard called .*\): worker 'liar' is wrong", log)
+    assert named and named.group(1) == called.group(1), log[-3000:]
+    same_arrays(str(tmp_path), clean)
+
+
+def test_another_arithmetic_raises_no_false_alarm(tmp_path, corpus, monkeypatch):
+    """A worker whose OpenBLAS is forced to another kernel declares another arithmetic: audited
+    every step against the others, within the tolerance, never named."""
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Sandybridge")     # inherited by the first worker only
+    coordinator, endpoint = helpers.start_coordinator(corpus, str(tmp_path), 40, "--chunks", CHUNKS,
+                                                      "--audit-share", "1", "--dtype", "float32", workers=2)
+    other = helpers.spawn("worker", "--connect", endpoint, "--name", "sandybridge",
+                          log_path=os.path.join(str(tmp_path), "worker0.log"))
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    native = helpers.spawn("worker", "--connect", endpoint, "--name", "native",
+                           log_path=os.path.join(str(tmp_path), "worker1.log"))
+    try:
+        coordinator.wait(timeout=180)
+    finally:
+        helpers.stop_all(coordinator, other, native)
+    log = open(os.path.join(str(tmp_path), "coordinator.log")).read()
+    assert coordinator.returncode == 0 and "audits: 40 run (0 called by the guard), 0 failed" in log, log[-3000:]
