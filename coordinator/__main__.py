@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--audit-share", type=share, default=AUDIT_SHARE,
                      help="share of steps audited at random: a group recomputed by a second worker, a relay "
                           "chain's sum checked against its members' gradients (protocol/SPEC.md 5.7); 0 leaves "
-                          "only the guard's audits (default: 1/32 = %(default)s)")
+                          "only the guard's audits (default: 1/40 = %(default)s)")
     net.add_argument("--max-message-mb", type=positive_float, default=512,
                      help="largest message accepted, in MiB (default: %(default)s)")
     net.add_argument("--log-every", type=non_negative_int, default=1,

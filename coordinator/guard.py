@@ -7,7 +7,7 @@ import statistics
 
 GUARD_HISTORY = 32          # recent steps a step is compared with
 GUARD_WARMUP = 8            # steps seen before the guard judges at all
-NORM_FACTOR = 10.0          # a gradient norm this many times the recent median is out of range
+NORM_FACTOR = 30.0          # a gradient norm this many times the recent median is out of range (natural spikes: 13x)
 LOSS_JUMP = 1.0             # so is a mean loss this many nats/char above the recent median
 
 

@@ -12,8 +12,8 @@ from model.wire import wire_round
 
 # Across arithmetics (another BLAS kernel, a worker written from the spec): the largest difference
 # allowed, relative to the largest magnitude of the quantity compared. A float32 gradient after 100
-# steps of BPTT differs by about 1e-5 of its largest element between OpenBLAS kernels.
-TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
+# steps of BPTT differs by about 1e-6 of its largest element between OpenBLAS kernels (README).
+TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
 
 
 class Referee:

@@ -86,8 +86,9 @@ class Judge:
               members: list, arithmetic) -> None:
         """The members' own gradients added as the chain adds them (SPEC.md 4.5) must be its sum; if
         not, the referee checks each own gradient and the `sums` digests find the wrong link."""
-        if not members or len(members) < len(flight.chain.groups):
-            return
+        if not members or len(members) < len(flight.chain.groups) or any(
+                flight.received[g].grad is None or t not in audit.sums for g, t in members):
+            return              # a member left, or did not answer (checks.py names the one that did not)
         prefixes, total = [], None
         for group, _ in members:
             own = flight.received[group].grad

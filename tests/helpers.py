@@ -124,13 +124,14 @@ def stop_all(*processes, timeout: float = 10) -> None:
 
 
 def start_coordinator(corpus, save_dir, steps, *extra, workers: int = 1):
-    """A coordinator on a free loopback port, logging to save_dir: (process, endpoint)."""
+    """A coordinator on a free loopback port, logging to save_dir: (process, endpoint). No random
+    audits unless a test passes --audit-share (an honest run's bits do not depend on them)."""
     endpoint_file = os.path.join(save_dir, "endpoint")
     os.makedirs(save_dir, exist_ok=True)
     coordinator = spawn("coordinator", "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file,
                         "--corpus", corpus, "--save-dir", save_dir, "--steps", steps,
                         "--heartbeat", "0.2", "--liveness", "1.5", "--min-workers", workers,
-                        *SMALL, *extra, log_path=os.path.join(save_dir, "coordinator.log"))
+                        "--audit-share", "0", *SMALL, *extra, log_path=os.path.join(save_dir, "coordinator.log"))
     return coordinator, read_endpoint(endpoint_file, coordinator)
 
 

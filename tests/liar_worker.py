@@ -4,9 +4,11 @@ worker with one lie planted where its gradients leave it, and honest in everythi
 
     python -m tests.liar_worker LIE [worker flags]
 
-LIE: negate-sum (a mid-chain worker negates the sum it forwards), add-1000 (adds 1000 x its own
+LIE: negate-sum (a mid-chain worker negates the sum it forwards), negate-sum-hidden (the same,
+but its `sums` report the honest sum), add-1000 (adds 1000 x its own
 gradient to the sum it forwards), flip-bit-50 (flips one bit of one piece it sends, every 50th
-step), wrong-own (a direct worker negates its own gradient). With LIE_FROM_STEP=N in the environment
+step), wrong-own (a direct worker negates its own gradient), mute (computes honestly, but never
+answers a `direct`: an audit of its chain is never answered). With LIE_FROM_STEP=N in the environment
 it is honest before step N."""
 import os
 import sys
@@ -28,8 +30,11 @@ def lying_grad(self, piece, array, prefix, to_relay=False):
     if step < int(os.environ.get("LIE_FROM_STEP", "0")):
         return honest_grad(self, piece, array, prefix, to_relay)
     forwarded = prefix and to_relay and self.sum_from          # a sum this mid-chain worker sends on
-    if lie == "negate-sum" and forwarded:
-        np.negative(array, out=array)
+    if lie in ("negate-sum", "negate-sum-hidden") and forwarded:
+        if lie == "negate-sum-hidden":          # what `sums` reports stays the honest sum
+            self.sent[piece], array = array, -array
+        else:
+            np.negative(array, out=array)
     elif lie == "add-1000" and forwarded:
         array += 1000 * self.own[piece].astype(array.dtype)
     elif lie == "flip-bit-50" and step % 50 == 0 and piece == 0 and step > 0:
@@ -45,4 +50,6 @@ def lying_grad(self, piece, array, prefix, to_relay=False):
 if __name__ == "__main__":
     LIE = sys.argv.pop(1)
     ChainSums._grad = lying_grad
+    if LIE == "mute":
+        ChainSums.go_direct = lambda self, pieces: []
     sys.exit(worker_main.main())

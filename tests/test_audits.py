@@ -14,9 +14,9 @@ pytestmark = pytest.mark.timeout(240)
 CHUNKS = 7
 
 
-def run(corpus, save_dir, steps, honest_before, lie, honest_after, *flags, worker_flags=()):
+def run(corpus, save_dir, steps, honest_before, lie, honest_after, *flags, worker_flags=(), spares=1):
     """Workers in token order: honest_before honest ones, the liar (if lie), honest_after more;
-    when the liar is named, one honest replacement. Returns the coordinator's log."""
+    when the liar is named, `spares` honest replacements. Returns the coordinator's log."""
     workers = honest_before + (1 if lie else 0) + honest_after
     coordinator, endpoint = helpers.start_coordinator(corpus, save_dir, steps, "--chunks", CHUNKS, *flags,
                                                       workers=workers)
@@ -31,8 +31,8 @@ def run(corpus, save_dir, steps, honest_before, lie, honest_after, *flags, worke
     try:
         if lie:
             helpers.wait_for(lambda: "is wrong" in open(log_path).read(), 120, "the liar to be named")
-            pool.append(helpers.spawn("worker", "--connect", endpoint, "--name", "spare", *worker_flags,
-                                      log_path=os.path.join(save_dir, "spare.log")))
+            pool += [helpers.spawn("worker", "--connect", endpoint, "--name", f"spare{k}", *worker_flags,
+                                   log_path=os.path.join(save_dir, f"spare{k}.log")) for k in range(spares)]
         coordinator.wait(timeout=180)
         assert coordinator.returncode == 0, open(log_path).read()[-3000:]
     finally:
@@ -63,6 +63,23 @@ def test_a_mid_chain_liar_is_named_and_undone(tmp_path, corpus, clean3, lie):
     assert named, log[-3000:]
     assert "the sum it sent on" in named.group(3), named.group(0)
     assert re.search(r"rolled back from step \d+ to step 0", log), log[-2000:]
+    same_arrays(str(tmp_path), clean3)
+
+
+def test_a_liar_that_also_lies_in_its_sums_is_named_with_its_neighbour(tmp_path, corpus, clean3):
+    """The two ends of a link report different sums: either may lie (they share the link's key),
+    so both are named and barred, and two replacements take their places."""
+    log = run(corpus, str(tmp_path), 14, 1, "negate-sum-hidden", 1, "--audit-share", "1", spares=2)
+    for name in ("liar", "w2"):
+        assert re.search(rf"worker '{name}' is wrong — the relay link into chunks 5-6 at step \d+: its two ends "
+                         r"report different sums", log), log[-3000:]
+    assert "'w0' is wrong" not in log
+    same_arrays(str(tmp_path), clean3)
+
+
+def test_a_chain_member_that_does_not_answer_an_audit_is_named(tmp_path, corpus, clean3):
+    log = run(corpus, str(tmp_path), 14, 1, "mute", 1, "--audit-share", "1")
+    assert re.search(r"worker 'liar' is wrong — it did not answer the audit of step \d+ within 1.5s", log), log[-3000:]
     same_arrays(str(tmp_path), clean3)
 
 
@@ -115,3 +132,10 @@ def test_another_arithmetic_raises_no_false_alarm(tmp_path, corpus, monkeypatch)
         helpers.stop_all(coordinator, other, native)
     log = open(os.path.join(str(tmp_path), "coordinator.log")).read()
     assert coordinator.returncode == 0 and "audits: 40 run (0 called by the guard), 0 failed" in log, log[-3000:]
+
+
+@pytest.mark.parametrize("flags", [("--dtype", "float32", "--dropout", "0.3", "--wire-dtype", "bfloat16"), ()])
+def test_the_referee_computes_a_worker_s_bits(tmp_path, corpus, flags):
+    """One worker, every step audited by the coordinator's own computation: bit for bit alike."""
+    log = run(corpus, str(tmp_path), 8, 1, None, 0, "--audit-share", "1", *flags)
+    assert "audits: 8 run (0 called by the guard), 0 failed" in log, log[-2000:]
