@@ -30,7 +30,8 @@ class Referee:
         inputs, targets = self.corpus.window(state.step_in_epoch, chunks)
         result = self.math[1].compute(wire_round(state.params, config.wire_dtype), state.step, chunks, inputs,
                                       targets, state.chunk_h[:, chunks], state.chunk_c[:, chunks],
-                                      dropout=config.dropout, seed=config.seed)
+                                      dropout=config.dropout, seed=config.seed,
+                                      weight_drop=config.weight_drop)
         result.grad = wire_round(result.grad, config.wire_dtype, state.layout.pieces)
         return result
 

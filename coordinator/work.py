@@ -17,6 +17,7 @@ def work_message(state: TrainState, corpus: Corpus, token: int, step: int, group
     config, chunk_ids = state.config, list(group)
     inputs, targets = corpus.window(state.step_in_epoch, chunk_ids)
     fields = {"token": token, "step": step, "chunks": chunk_ids, "dropout": config.dropout, "seed": config.seed,
+              "weight_drop": config.weight_drop,
               "wire": WIRE_TAGS[config.wire_dtype] or np.dtype(config.dtype).str, **links}
     return Message("work", fields, {"h": state.chunk_h[:, chunk_ids], "c": state.chunk_c[:, chunk_ids],
                                     "inputs": inputs, "targets": targets})

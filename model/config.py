@@ -59,6 +59,10 @@ class Config:
         "exact", "what parameters and gradients travel as between coordinator and workers: 'exact' "
         "(the run's dtype), or 'bfloat16' / 'float16', half the bytes, rounded (the in-process "
         "path rounds alike, so worker counts still agree)", WIRE_DTYPES)
+    weight_drop: float = _field(
+        0.0, "DropConnect on each layer's recurrent weights W_h during training (AWD-LSTM's weight drop): "
+        "each element dropped with this probability, one mask per layer and step shared by every chunk "
+        "(so worker counts still agree); 0 = off")
 
     def __post_init__(self) -> None:
         wrong = [f"{f.name} must be {type(f.default).__name__} (got {type(getattr(self, f.name)).__name__})"
@@ -79,6 +83,8 @@ class Config:
             problems.append("need finite lr > 0, 0 <= rho < 1, eps > 0 and clip >= 0")
         if not (0.0 <= self.dropout < 1.0 and 0.0 < self.lr_decay <= 1.0 and self.lr_decay_after >= 0):
             problems.append("need 0 <= dropout < 1, 0 < lr_decay <= 1 and lr_decay_after >= 0")
+        if not 0.0 <= self.weight_drop < 1.0:
+            problems.append(f"need 0 <= weight_drop < 1 (got {self.weight_drop})")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"need 0 <= ema_decay < 1 (got {self.ema_decay})")
         for name in ("dtype", "recurrent_form", "wire_dtype"):

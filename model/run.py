@@ -92,7 +92,8 @@ class InProcessSource:
         wire = state.config.wire_dtype          # rounded as a worker's would be, both ways
         contribution = self.gradients.compute(wire_round(state.params, wire), state.step, self.all_chunks,
                                               inputs, targets, state.chunk_h, state.chunk_c,
-                                              dropout=state.config.dropout, seed=state.config.seed)
+                                              dropout=state.config.dropout, seed=state.config.seed,
+                                              weight_drop=state.config.weight_drop)
         contribution.grad = wire_round(contribution.grad, wire, state.layout.pieces)
         return Gathered({self.all_chunks: contribution}, [contribution.grad], {"workers": 0})
 

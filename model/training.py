@@ -108,6 +108,41 @@ def dropout_masks(dropout: float, seed: int, step: int, chunk_ids, shape: tuple[
     return masks
 
 
+WEIGHT_DROP_STREAM = 87        # a 4th seed word: weight-drop masks never share a stream with dropout's
+
+
+def weight_drop_masks(weight_drop: float, seed: int, step: int, layers: int, hidden: int,
+                      dtype) -> list[np.ndarray] | None:
+    """Each layer's (H, 4H) DropConnect multipliers for W_h at a step (0 or 1/(1-p)), or None
+    without weight drop: layer l's from numpy.random.default_rng([seed, step, 87, l]), the same
+    for every chunk of the step (protocol/SPEC.md 4.2 specifies exactly this)."""
+    if weight_drop == 0.0:
+        return None
+    keep = 1.0 - weight_drop
+    return [((np.random.default_rng([seed, step, WEIGHT_DROP_STREAM, layer]).random((hidden, 4 * hidden)) < keep)
+             / keep).astype(dtype) for layer in range(layers)]
+
+
+def dropping_weights(views: dict, grads: dict, masks: list[np.ndarray], await_layer, layer_done):
+    """The parameter views the math reads, each W_h replaced by its dropped copy once its layer's
+    parameters are in, and hooks that turn the dropped copy's gradient into W_h's (times the
+    mask) before a layer's gradient is passed on. Returns (views, await_layer, layer_done)."""
+    views = dict(views)
+    source = dict(views)
+
+    def awaited(layer: int) -> None:
+        if await_layer is not None:
+            await_layer(layer)
+        name = f"lstm{layer}.W_h"
+        views[name] = source[name] * masks[layer]
+
+    def done(layer: int) -> None:
+        grads[f"lstm{layer}.W_h"] *= masks[layer]
+        if layer_done is not None:
+            layer_done(layer)
+    return views, awaited, done
+
+
 @dataclass
 class Contribution:
     """One chunk group's part of a step: summed loss, gradient of the summed loss, new states."""
@@ -130,9 +165,9 @@ class ChunkGradients:
 
     def compute(self, params: np.ndarray, step: int, chunk_ids, inputs, targets, h0, c0, *,
                 dropout: float, seed: int, out: np.ndarray | None = None, await_layer=None,
-                layer_done=None) -> Contribution:
-        """inputs/targets (B, T) of the chunks chunk_ids at a step, states (L, B, H); dropout
-        and seed determine the masks. Every element of the gradient is written, into out
+                layer_done=None, weight_drop: float = 0.0) -> Contribution:
+        """inputs/targets (B, T) of the chunks chunk_ids at a step, states (L, B, H); dropout,
+        weight_drop and seed determine the masks. Every element of the gradient is written, into out
         when given. await_layer and layer_done stream parameters in and gradients out, layer
         by layer (lstm.loss_and_grad); compute_s includes any time spent in them."""
         started = time.perf_counter()
@@ -140,7 +175,10 @@ class ChunkGradients:
         config = self.config
         masks = dropout_masks(dropout, seed, step, chunk_ids, (config.layers, config.seq_len, config.hidden),
                               self.dtype)
+        views, grads = self.layout.views(params), self.layout.views(grad)
+        dropped = weight_drop_masks(weight_drop, seed, step, config.layers, config.hidden, self.dtype)
+        if dropped is not None:
+            views, await_layer, layer_done = dropping_weights(views, grads, dropped, await_layer, layer_done)
         loss_sum, h_last, c_last, _, _ = lstm.loss_and_grad(
-            self.layout.views(params), self.layout.views(grad), inputs, targets, h0, c0, masks,
-            self.blocked, await_layer, layer_done)
+            views, grads, inputs, targets, h0, c0, masks, self.blocked, await_layer, layer_done)
         return Contribution(loss_sum, grad, h_last, c_last, time.perf_counter() - started)

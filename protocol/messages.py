@@ -62,7 +62,7 @@ SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
     "bye": ({"token": INT}, {}),
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
                  "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES, "pieces": SIZES}, {}),
-    "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE,
+    "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE, "weight_drop": FRACTION,
               "params_to": RELAY, "sum_from": BOOL, "sum_to": RELAY,
               "params_digests": HEXES, "sum_key_in": HEX, "sum_key_out": HEX},
              {"h": ("float", STATE), "c": ("float", STATE),

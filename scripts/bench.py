@@ -46,7 +46,7 @@ def measure_in_process(layers, hidden, chunks, seq_len, vocab, steps, warmup, fo
     for step in range(warmup + steps):
         started = time.perf_counter()
         gradients.compute(params, step, range(chunks), x, x, state, state, dropout=config.dropout,
-                          seed=config.seed)
+                          seed=config.seed, weight_drop=config.weight_drop)
         times.append(time.perf_counter() - started)
     return {"seconds": statistics.median(times[warmup:])}
 

@@ -124,7 +124,7 @@ class WorkerCompute:
         arrays = work.arrays
         result = self.gradients.compute(watch.params, work["step"], work["chunks"], arrays["inputs"],
                                         arrays["targets"], arrays["h"], arrays["c"], dropout=work["dropout"],
-                                        seed=work["seed"], out=grad, await_layer=await_layer,
+                                        seed=work["seed"], weight_drop=work["weight_drop"], out=grad, await_layer=await_layer,
                                         layer_done=layer_done)
         if timings is not None:
             timings["waited_s"] = watch.waited_s
