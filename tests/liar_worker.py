@@ -7,7 +7,8 @@ worker with one lie planted where its gradients leave it, and honest in everythi
 LIE: negate-sum (a mid-chain worker negates the sum it forwards), negate-sum-hidden (the same,
 but its `sums` report the honest sum), add-1000 (adds 1000 x its own
 gradient to the sum it forwards), flip-bit-50 (flips one bit of one piece it sends, every 50th
-step), wrong-own (a direct worker negates its own gradient), mute (computes honestly, but never
+step), wrong-own (a direct worker negates its own gradient), sneaky (a mid-chain worker negates
+the sum it forwards at steps 5-15, then adds 1000 x its own from step 20), mute (computes honestly, but never
 answers a `direct`: an audit of its chain is never answered). With LIE_FROM_STEP=N in the environment
 it is honest before step N."""
 import os
@@ -30,6 +31,8 @@ def lying_grad(self, piece, array, prefix, to_relay=False):
     if step < int(os.environ.get("LIE_FROM_STEP", "0")):
         return honest_grad(self, piece, array, prefix, to_relay)
     forwarded = prefix and to_relay and self.sum_from          # a sum this mid-chain worker sends on
+    if lie == "sneaky" and forwarded:
+        lie = "negate-sum" if 5 <= step <= 15 else "add-1000" if step >= 20 else "honest"
     if lie in ("negate-sum", "negate-sum-hidden") and forwarded:
         if lie == "negate-sum-hidden":          # what `sums` reports stays the honest sum
             self.sent[piece], array = array, -array

@@ -115,6 +115,18 @@ def test_the_guard_catches_a_gross_attack_between_audits(tmp_path, tmp_path_fact
     same_arrays(str(tmp_path), clean)
 
 
+def test_damage_from_unaudited_steps_is_undone(tmp_path, tmp_path_factory, corpus):
+    """Lies no audit saw (steps 5-15, audits off) changed the parameters; the guard catches the
+    gross lie at step 20, and the run goes back to before the liar's first step: the workers,
+    registered again, must not reuse parameters they held for the old steps 0-20."""
+    clean = str(tmp_path_factory.mktemp("clean30"))
+    run(corpus, clean, 30, 3, None, 0, "--audit-share", "0")
+    log = run(corpus, str(tmp_path), 30, 1, "sneaky", 1, "--audit-share", "0")
+    assert re.search(r"audit of step 20 \(an audit the guard called .*\): worker 'liar' is wrong", log), log[-3000:]
+    assert "rolled back from step 20 to step 0" in log
+    same_arrays(str(tmp_path), clean)
+
+
 def test_another_arithmetic_raises_no_false_alarm(tmp_path, corpus, monkeypatch):
     """A worker whose OpenBLAS is forced to another kernel declares another arithmetic: audited
     every step against the others, within the tolerance, never named."""

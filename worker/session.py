@@ -128,7 +128,7 @@ class Session:
             self.transmit(Message("bye", {"token": message["token"]}))
             return "refused"
         self.held.token, self.welcomed = message["token"], True
-        self.held.latest_step = -1      # a new registration starts afresh (SPEC.md 5.6)
+        self.held.start_afresh()        # a new registration (SPEC.md 5.6): the steps may be numbered anew
         self.heartbeat_s, self.liveness_s = message["heartbeat_s"], message["liveness_s"]
         relay = f"; relaying on {self.relay.endpoint}" if self.relay.endpoint else ""
         self.log(f"worker {self.name}: registered with {self.settings.endpoint}{relay}")

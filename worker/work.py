@@ -96,6 +96,16 @@ class Holdings:
         self.token: int | None = None
         self.latest_step = -1
 
+    def start_afresh(self) -> None:
+        """A new registration: nothing held for a step is kept, because the coordinator may number
+        its steps anew (a resume from an older checkpoint, a rollback after an audit, SPEC.md 5.6
+        and 5.7): parameters held for a step number would be another run's."""
+        self.latest_step = -1
+        for inputs in self.steps.values():
+            inputs.params.abort()
+        self.steps.clear()
+        self.early_sums.clear()
+
     def stale(self, token: int | None, step: int) -> bool:
         return token != self.token or step < self.latest_step
 
