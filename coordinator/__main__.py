@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a log line every N steps; 0 = none (metrics.jsonl has every step) "
                           "(default: %(default)s)")
     net.add_argument("--trace", metavar="FILE", help=argparse.SUPPRESS)   # scripts/netbench.py's timings
+    net.add_argument("--dilation", type=positive_float, default=1.0, help=argparse.SUPPRESS)   # netbench's emulation
     add_training_arguments(parser)
     return parser
 
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
                                   heartbeat_s=args.heartbeat, liveness_s=args.liveness,
                                   max_message_bytes=int(args.max_message_mb * 1024 * 1024),
                                   min_workers=args.min_workers, relaying=not args.no_relay, trace=args.trace,
-                                  audit_share=args.audit_share)
+                                  audit_share=args.audit_share, time_scale=args.dilation)
     except (ValueError, CheckpointError, OSError, SecurityError, EndpointError) as error:
         if curve is not None:
             curve.stop()

@@ -68,7 +68,7 @@ class BackupPolicy:
         """Whether group, sent to its owner at `sent`, is late: far past the usual time of a
         group, or slower than a copy on a worker that takes copy_per_chunk would be."""
         owner = self.roster.workers.get(flight.owner[group])
-        if owner is None or sent is None or now - sent < BACKUP_FLOOR_S:
+        if owner is None or sent is None or now - sent < BACKUP_FLOOR_S * self.roster.time_scale:
             return False
         usual = self.roster.usual_wall_per_chunk()
         if usual is not None and now - sent > LATE_FACTOR * usual * len(group):

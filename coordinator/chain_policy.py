@@ -33,7 +33,7 @@ class ChainPolicy:
         most = statistics.median(usual.values())
         return [t for t, worker in sorted(workers.items())
                 if worker.relay and self.backups.steady(t) and t in usual
-                and usual[t] <= max(SLOW_LINK_FACTOR * most, most + SLOW_LINK_MARGIN_S)]
+                and usual[t] <= max(SLOW_LINK_FACTOR * most, most + SLOW_LINK_MARGIN_S * self.roster.time_scale)]
 
     def broke(self, step: int) -> None:
         """A chain failed to carry in `step`: the next steps go without one."""

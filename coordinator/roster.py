@@ -33,8 +33,11 @@ class WorkerRecord:
 
 
 class Roster:
-    def __init__(self, liveness_s: float):
+    def __init__(self, liveness_s: float, time_scale: float = 1.0):
         self.liveness_s = liveness_s
+        # > 1 where every wait is dilated (scripts/netbench.py --dilation): the policies' fixed
+        # margins in seconds stretch with it
+        self.time_scale = time_scale
         self.workers: dict[int, WorkerRecord] = {}
         self.bars: set[bytes | str] = set()     # sockets and names found wrong by an audit (SPEC.md 5.7)
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)

@@ -20,9 +20,9 @@ from .work import WireParams, work_message
 
 class ParameterServer:
     def __init__(self, state: TrainState, corpus: Corpus, liveness_s: float = LIVENESS_S,
-                 relaying: bool = True):
+                 relaying: bool = True, time_scale: float = 1.0):
         self.state, self.corpus = state, corpus
-        self.roster = Roster(liveness_s)
+        self.roster = Roster(liveness_s, time_scale)
         self.backups = BackupPolicy(self.roster)
         self.chains = ChainPolicy(self.roster, self.backups, relaying)
         self.in_flight: StepInFlight | None = None
@@ -212,7 +212,7 @@ class ParameterServer:
         if chain is None or not chain.active or chain.total is not None:
             return
         late = [g for g in flight.outstanding() if self.backups.late(flight, g, self._sent(g), now, None)]
-        if chain.overdue(now) or late:
+        if chain.overdue(now, self.roster.time_scale) or late:
             self.abandon_chain(f"chunks {late[0][0]}-{late[0][-1]} are late" if late else
                                "its sum is overdue 1 s after the last push (a relay link does not carry)")
 

@@ -46,13 +46,13 @@ class Coordinator:
     def __init__(self, state: TrainState, corpus: Corpus, bind: str, *, heartbeat_s: float = HEARTBEAT_S,
                  liveness_s: float = LIVENESS_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  min_workers: int = 1, curve_server=None, relaying: bool = True, log=log_line,
-                 trace: str | None = None, audit_share: float = AUDIT_SHARE):
+                 trace: str | None = None, audit_share: float = AUDIT_SHARE, time_scale: float = 1.0):
         self.dims = shape_sizes(state.config, state.layout)
         needed = largest_message_in(self.dims, state.config.chunks)
         if max_message_bytes < needed:      # else every push would be dropped, and the run would hang
             raise ValueError(f"--max-message-mb {max_message_bytes / 2 ** 20:g} is below this run's largest "
                              f"message ({needed / 2 ** 20:.2f} MiB); raise it")
-        self.server = ParameterServer(state, corpus, liveness_s, relaying=relaying)
+        self.server = ParameterServer(state, corpus, liveness_s, relaying=relaying, time_scale=time_scale)
         self.heartbeat_s, self.liveness_s = heartbeat_s, liveness_s
         self.max_message_bytes = max_message_bytes
         self.log = log

@@ -27,6 +27,7 @@ import time
 
 import _paths
 from _netlab import Lab, LabError, bytes_per_s, check_can_build, check_rate
+from _emulation import Emulation, group_sizes, measure_compute_times
 from _netmodel import step_s as model_step_s
 from model.cli import Parser
 
@@ -34,11 +35,14 @@ DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
 PORT = 5555
 
 
-def run_configuration(rates: list[str], args, model_flags: list[str], keyed: bool = False) -> dict:
+def run_configuration(rates: list[str], args, model_flags: list[str], keyed: bool = False,
+                      emulation: Emulation | None = None) -> dict:
     """One cluster: rates[0] is the coordinator's link, rates[k] worker k's; keyed: with CurveZMQ
-    keys (made for the run). Returns the figures."""
+    keys (made for the run); emulation: time-dilated (scripts/_emulation.py). Returns the figures,
+    in real time."""
     workers = len(rates) - 1
-    with tempfile.TemporaryDirectory() as save_dir, Lab(rates) as lab:
+    shaped = [emulation.rate(r) for r in rates] if emulation else rates
+    with tempfile.TemporaryDirectory() as save_dir, Lab(shaped) as lab:
         endpoint = f"tcp://{lab.address(0)}:{PORT}"
         keys = os.path.join(save_dir, "keys")
         if keyed:
@@ -54,13 +58,15 @@ def run_configuration(rates: list[str], args, model_flags: list[str], keyed: boo
                 [*lab.exec_prefix(0), sys.executable, "-m", "coordinator", "--bind", endpoint,
                  "--corpus", args.corpus, "--save-dir", save_dir, "--steps", str(args.warmup + args.steps),
                  "--min-workers", str(workers), "--checkpoint-every", "100000", "--log-every", "0", "--fresh",
-                 "--trace", os.path.join(save_dir, "coordinator.trace"), *coordinator_keys, *model_flags],
+                 "--trace", os.path.join(save_dir, "coordinator.trace"), *coordinator_keys, *model_flags,
+                 *(emulation.coordinator_flags() if emulation else [])],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT))
             before = lab.link_bytes(0)
             for k in range(1, workers + 1):
                 processes.append(subprocess.Popen(
                     [*lab.exec_prefix(k), sys.executable, "-m", "worker", "--connect", endpoint,
-                     "--name", f"host{k}", "--trace", os.path.join(save_dir, f"worker{k}.trace"), *worker_keys],
+                     "--name", f"host{k}", "--trace", os.path.join(save_dir, f"worker{k}.trace"), *worker_keys,
+                     *(emulation.worker_flags() if emulation else [])],
                     env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=_paths.ROOT))
             try:
                 code = processes[0].wait(args.timeout)
@@ -75,6 +81,8 @@ def run_configuration(rates: list[str], args, model_flags: list[str], keyed: boo
             raise SystemExit(f"error: the cluster with links {rates} "
                              f"{'timed out' if code is None else f'exited {code}'}:\n{tail}")
         figures = phases(save_dir, args.warmup)
+        if emulation:
+            figures = emulation.undilated(figures)
         steps = args.warmup + args.steps
         figures["coordinator_link_mb_per_step"] = {"in": (after[0] - before[0]) / steps / 1e6,
                                                    "out": (after[1] - before[1]) / steps / 1e6}
@@ -193,6 +201,13 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration (default: %(default)s)")
     parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="(default: %(default)s)")
+    parser.add_argument("--dilation", type=float, default=0.0,
+                        help="emulate: each worker waits K times its group's compute time (measured here on "
+                             "one core first, or --compute-times) instead of computing, each link runs at its "
+                             "rate / K, figures are divided by K; so 25 hosts run on this machine (default: 0, "
+                             "the real math)")
+    parser.add_argument("--compute-times", metavar="CHUNKS:SECONDS,...",
+                        help="with --dilation: one group's compute time per group size, instead of measuring")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args, model_flags = parser.parse_known_args(argv)
     try:
@@ -206,10 +221,16 @@ def main(argv=None) -> int:
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):     # also where a shell left SIGINT ignored
         signal.signal(signum, interrupted)
+    emulation = None
+    if args.dilation > 0:
+        chunks = int(model_flags[model_flags.index("--chunks") + 1]) if "--chunks" in model_flags else 25
+        times = args.compute_times or measure_compute_times(group_sizes(chunks, args.workers), model_flags)
+        emulation = Emulation(args.dilation, times)
+        print(f"emulated at dilation {args.dilation:g}: one group's compute (chunks:seconds) {times}", flush=True)
     results = {}
     try:
         for label, rates, keyed in rows:
-            figures = results[label] = run_configuration(rates, args, model_flags, keyed)
+            figures = results[label] = run_configuration(rates, args, model_flags, keyed, emulation)
             workers = len(rates) - 1
             if len(set(rates)) == 1:        # every link alike: what the scaling model expects
                 unshaped = results.get(f"none x{workers}" + (" curve" if keyed else ""))

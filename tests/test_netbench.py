@@ -55,3 +55,38 @@ def test_the_scaling_model_charges_only_the_traffic_compute_cannot_hide():
         max(first + piece * check + 0.17 * 0.7, last + piece * check) + 0.7 - 0.17 * 0.7
         + first + 2 * piece * check + 0.015)
     assert _netlab.bytes_per_s("1gbit") == 125e6 and _netlab.bytes_per_s("100mbit") == 12.5e6
+
+
+def test_the_emulation_stretches_time_alike_for_links_and_compute():
+    from _emulation import Emulation, group_sizes
+    emulation = Emulation(10, "4:0.2")
+    assert emulation.rate("1gbit") == "100000kbit" and emulation.rate("none") == "none"
+    figures = {key: 1.0 for key in ("step_s", "out_s", "queued_s", "compute_s", "in_s", "update_s", "idle_s")}
+    real = emulation.undilated({**figures, "chars_per_s": 250.0, "relayed_steps": "3/3"})
+    assert real["step_s"] == 0.1 and real["chars_per_s"] == 2500.0 and real["relayed_steps"] == "3/3"
+    assert group_sizes(25, [1, 2, 8, 25]) == [1, 3, 4, 12, 13, 25]
+    assert "--audit-share" in emulation.coordinator_flags()         # the referee would check waits
+
+
+def test_emulated_compute_times_follow_the_measured_sizes():
+    from worker.emulated import compute_times, seconds_for
+    times = compute_times("1:0.1,4:0.25,13:0.6")
+    assert seconds_for(times, 4) == 0.25 and abs(seconds_for(times, 2) - 0.15) < 1e-12
+    assert abs(seconds_for(times, 25) - (0.25 + 0.35 * 21 / 9)) < 1e-12      # beyond: the nearest two
+
+
+@pytest.mark.timeout(120)
+def test_emulated_workers_speak_the_real_protocol_and_wait_their_dilated_time(corpus, tmp_path):
+    """No lab: a coordinator and 3 emulated workers on loopback, relay chains and all."""
+    import helpers
+    coordinator, endpoint = helpers.start_coordinator(corpus, str(tmp_path), 6, "--chunks", 6, "--dilation", 2,
+                                                      "--dtype", "float32", workers=3)
+    workers = [helpers.spawn("worker", "--connect", endpoint, "--emulate-compute", "2:0.05", "--dilation", 2,
+                             log_path=str(tmp_path / f"w{k}.log")) for k in range(3)]
+    try:
+        assert coordinator.wait(timeout=90) == 0
+    finally:
+        helpers.stop_all(coordinator, *workers)
+    steps = [m for m in helpers.metrics(str(tmp_path)) if "loss" in m]
+    assert len(steps) == 6 and all(0.09 <= m["compute_s"] < 0.5 for m in steps)     # 2 x 0.05 s, dilated
+    assert sum(m["relayed"] for m in steps) >= 1

@@ -10,6 +10,7 @@ import sys  # noqa: E402
 from model.cli import Parser, positive_float  # noqa: E402
 from protocol import LIVENESS_S  # noqa: E402
 from protocol.security import CurveClient, SecurityError  # noqa: E402
+from .emulated import compute_times  # noqa: E402
 from .reconnect import Worker  # noqa: E402
 
 
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="take no part in relay chains (other workers forward parameters to this one "
                              "and add up gradients through it; never with --curve-keys)")
     parser.add_argument("--trace", metavar="FILE", help=argparse.SUPPRESS)   # scripts/netbench.py's timings
+    # scripts/netbench.py --dilation: the math replaced by a wait (worker/emulated.py)
+    parser.add_argument("--emulate-compute", metavar="CHUNKS:SECONDS,...", help=argparse.SUPPRESS)
+    parser.add_argument("--dilation", type=positive_float, default=1.0, help=argparse.SUPPRESS)
     return parser
 
 
@@ -41,8 +45,9 @@ def main(argv=None) -> int:
     except SecurityError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    emulation = (compute_times(args.emulate_compute), args.dilation) if args.emulate_compute else None
     return Worker(args.connect, name=args.name, liveness_s=args.liveness, backoff_max_s=args.backoff_max,
-                  curve_client=curve, trace=args.trace, relaying=not args.no_relay).run()
+                  curve_client=curve, trace=args.trace, relaying=not args.no_relay, emulation=emulation).run()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import zmq
 from protocol import DEFAULT_MAX_MESSAGE_BYTES, HEARTBEAT_S, LIVENESS_S
 from protocol.transport import EndpointError, RateLimitedLog, log_line
 from .compute import WorkerCompute
+from .emulated import EmulatedCompute
 from .session import Session
 
 
@@ -28,16 +29,20 @@ class WorkerSettings:
 
 class WorkerMath:
     """The computation for the run a coordinator describes in its `welcome`, kept across
-    connections while the run stays the same."""
+    connections while the run stays the same. emulation: (compute times, dilation) for
+    scripts/netbench.py's emulated workers (worker/emulated.py), else None: the real math."""
 
-    def __init__(self):
+    def __init__(self, emulation: tuple[dict, float] | None = None):
         self.compute: WorkerCompute | None = None
         self.key = None
+        self.emulation = emulation
 
     def prepare(self, config: dict, vocab: str) -> None:
         key = (tuple(sorted(config.items())), vocab)
         if key != self.key:
-            self.compute, self.key = WorkerCompute(config, vocab), key
+            self.compute = (WorkerCompute(config, vocab) if self.emulation is None
+                            else EmulatedCompute(config, vocab, *self.emulation))
+            self.key = key
 
     @property
     def dims(self) -> dict | None:
@@ -59,7 +64,7 @@ class Worker:
     def __init__(self, endpoint: str, *, name: str | None = None, liveness_s: float = LIVENESS_S,
                  backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, curve_client=None, log=log_line,
-                 trace: str | None = None, relaying: bool = True):
+                 trace: str | None = None, relaying: bool = True, emulation: tuple | None = None):
         self.settings = WorkerSettings(endpoint, name or f"{pysocket.gethostname()}:{os.getpid()}",
                                        curve_client, relaying, max_message_bytes)
         self.heartbeat_s, self.liveness_s = HEARTBEAT_S, liveness_s     # until a coordinator's arrive
@@ -67,7 +72,7 @@ class Worker:
         self.log = log
         self.reject_log = RateLimitedLog(log)
         self.context = zmq.Context()
-        self.math = WorkerMath()
+        self.math = WorkerMath(emulation)
         self.stopping = None
         # scripts/netbench.py: per work, when it had arrived and when its result was ready
         self.trace = open(trace, "a", encoding="utf-8") if trace else None
