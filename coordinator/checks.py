@@ -84,8 +84,10 @@ class StepChecks:
         how = "a random audit" if audit.reason == "random" else f"an audit the guard called ({audit.reason})"
         for token, words in verdict.wrong.items():
             worker = server.workers[token]
+            keyed = (f"; it came with the CurveZMQ key {worker.key}: remove that key from the authorized keys to "
+                     f"keep it out of later runs (give each worker its own key)" if worker.key else "")
             self.log(f"audit of step {audit.step} ({how}): worker {worker.name!r} is wrong — {words}; it is "
-                     f"stopped and refused for the rest of this run")
+                     f"stopped and refused for the rest of this run{keyed}")
             self.sender.send(token, Message("stop", {"reason": f"an audit found this worker's results wrong "
                                                                f"({words}); check its hardware and software"}))
             server.roster.bar(worker.identity, worker.name)

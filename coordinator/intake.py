@@ -41,7 +41,7 @@ class Intake:
                 self.reject_log(f"refused the relay of worker {message['name']!r}: {problem}")
                 self.sender.reject(identity, f"{problem}; joining without a relay", False, reference_to(message))
                 relay = ""
-            self.welcome(identity, message["name"], relay, message["arithmetic"])
+            self.welcome(identity, message["name"], relay, message["arithmetic"], message.key)
         elif cmd == "pull":
             self.sender.send(identity, self.model_message(), sends_params=True)
         elif cmd in ("heartbeat", "grad", "push", "bye", "sums"):
@@ -87,9 +87,10 @@ class Intake:
         else:
             self.sender.send(token, Message("ack", {"step": key[1], "chunks": list(key[2]), "status": "accepted"}))
 
-    def welcome(self, identity: bytes, name: str, relay: str, arithmetic: str = "") -> None:
+    def welcome(self, identity: bytes, name: str, relay: str, arithmetic: str = "", key: str = "") -> None:
         server = self.server
         token = server.register(identity, name, time.monotonic(), relay, arithmetic)
+        server.workers[token].key = key
         self.sender.send(token, Message("welcome", {
             "token": token, "config": server.state.config.to_dict(), "vocab": server.state.vocab,
             "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s, **self.layout_fields(),

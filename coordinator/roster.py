@@ -21,6 +21,7 @@ class WorkerRecord:
     last_sent: float = 0.0
     relay: str = ""             # where it accepts relayed messages (SPEC.md 4.5); "" for nowhere
     arithmetic: str = ""        # what fixes its results' bits, as it declared (SPEC.md 5.7)
+    key: str = ""               # its CurveZMQ public key (Z85), or "" without keys
     refused_in_a_row: int = 0
     lost_in_a_row: int = 0      # own groups whose copy was accepted first
     walls_per_chunk: deque = field(default_factory=lambda: deque(maxlen=WALLS_KEPT))

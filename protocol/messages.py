@@ -84,6 +84,7 @@ class Message:
     fields: dict = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     peer: str = field(default="", compare=False)    # where it came from, as the transport saw it; not sent
+    key: str = field(default="", compare=False)     # the CurveZMQ public key (Z85) it came under, or ""
 
     def __getitem__(self, key):
         return self.fields[key]

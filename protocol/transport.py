@@ -212,7 +212,7 @@ def receive(socket: zmq.Socket, routed: bool, dims: dict | None, max_message_byt
         identity, frames = frames[0].bytes, frames[1:]
     try:
         message = decode([f.buffer for f in frames], dims, max_message_bytes)
-        message.peer = _peer_address(frames[0])
+        message.peer, message.key = _frame_property(frames[0], "Peer-Address"), _frame_property(frames[0], "User-Id")
         return identity, message, None
     except ProtocolError as error:
         who = f" from peer {identity.hex()}" if identity else ""
@@ -249,10 +249,11 @@ class SendBuffers:
             del self.retired[k]     # more spares than anyone needs: let the memory go
 
 
-def _peer_address(frame: zmq.Frame) -> str:
-    """The address a TCP message came from (libzmq's Peer-Address), or "" for other transports."""
+def _frame_property(frame: zmq.Frame, name: str) -> str:
+    """What libzmq says of a received message: its Peer-Address (TCP), its User-Id (the CurveZMQ
+    public key ZAP admitted, in Z85), or "" where there is none."""
     try:
-        return frame.get("Peer-Address") or ""
+        return frame.get(name) or ""
     except (zmq.ZMQError, KeyError):
         return ""
 

@@ -26,18 +26,23 @@ def run(corpus, save_dir, steps, honest_before, lie, honest_after, *flags, worke
         liar = lie and k == honest_before
         module = ("tests.liar_worker", lie) if liar else ("worker",)
         pool.append(helpers.spawn(*module, "--connect", endpoint, "--name", "liar" if liar else f"w{k}",
-                                  *worker_flags, log_path=os.path.join(save_dir, f"worker{k}.log")))
+                                  *flags_for(worker_flags), log_path=os.path.join(save_dir, f"worker{k}.log")))
         helpers.wait_for(lambda: registered(k + 1), 30, f"worker {k} to register")   # token order = this order
     try:
         if lie:
             helpers.wait_for(lambda: "is wrong" in open(log_path).read(), 120, "the liar to be named")
-            pool += [helpers.spawn("worker", "--connect", endpoint, "--name", f"spare{k}", *worker_flags,
+            pool += [helpers.spawn("worker", "--connect", endpoint, "--name", f"spare{k}", *flags_for(worker_flags),
                                    log_path=os.path.join(save_dir, f"spare{k}.log")) for k in range(spares)]
         coordinator.wait(timeout=180)
         assert coordinator.returncode == 0, open(log_path).read()[-3000:]
     finally:
         helpers.stop_all(coordinator, *pool)
     return open(log_path).read()
+
+
+def flags_for(worker_flags) -> list:
+    """A worker's flags; a callable among them is asked for its value (e.g. each worker's key name)."""
+    return [flag() if callable(flag) else flag for flag in worker_flags]
 
 
 def same_arrays(a_dir, b_dir):
@@ -125,6 +130,20 @@ def test_damage_from_unaudited_steps_is_undone(tmp_path, tmp_path_factory, corpu
     assert re.search(r"audit of step 20 \(an audit the guard called .*\): worker 'liar' is wrong", log), log[-3000:]
     assert "rolled back from step 20 to step 0" in log
     same_arrays(str(tmp_path), clean)
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="libzmq without CURVE")
+def test_with_keys_the_liar_s_key_is_named(tmp_path, corpus):
+    """Each worker its own key: the line that names the liar names its key, to be removed."""
+    from protocol.security import create_keys
+    keys = str(tmp_path / "keys")
+    create_keys(keys, ["w0", "liar", "w2", "spare0"])
+    names = iter(["w0", "liar", "w2", "spare0"])
+    log = run(corpus, str(tmp_path / "run"), 10, 1, "negate-sum", 1, "--audit-share", "1", "--curve-keys", keys,
+              worker_flags=("--curve-keys", keys, "--key-name", lambda: next(names)))
+    public = open(os.path.join(keys, "clients", "liar.key")).read()
+    key = re.search(r'public-key = "(.*)"', public).group(1)
+    assert re.search(rf"worker 'liar' is wrong — .* it came with the CurveZMQ key {re.escape(key)}:", log), log[-3000:]
 
 
 def test_another_arithmetic_raises_no_false_alarm(tmp_path, corpus, monkeypatch):
