@@ -89,8 +89,7 @@ class Intake:
 
     def welcome(self, identity: bytes, name: str, relay: str, arithmetic: str = "", key: str = "") -> None:
         server = self.server
-        token = server.register(identity, name, time.monotonic(), relay, arithmetic)
-        server.workers[token].key = key
+        token = server.register(identity, name, time.monotonic(), relay, arithmetic, key)
         self.sender.send(token, Message("welcome", {
             "token": token, "config": server.state.config.to_dict(), "vocab": server.state.vocab,
             "heartbeat_s": self.heartbeat_s, "liveness_s": self.liveness_s, **self.layout_fields(),

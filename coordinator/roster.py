@@ -43,15 +43,15 @@ class Roster:
         self.bars: set[bytes | str] = set()     # sockets and names found wrong by an audit (SPEC.md 5.7)
         self._tokens = itertools.count(int.from_bytes(np.random.default_rng().bytes(4), "little") << 20)
 
-    def register(self, identity: bytes, name: str, now: float, relay: str = "",
-                 arithmetic: str = "") -> tuple[int, list[int]]:
+    def register(self, identity: bytes, name: str, now: float, relay: str = "", arithmetic: str = "",
+                 key: str = "") -> tuple[int, list[int]]:
         """A new incarnation: (its token, the tokens of earlier registrations from the same
         socket, which are forgotten)."""
         forgotten = [t for t, w in self.workers.items() if w.identity == identity]
         for old in forgotten:
             del self.workers[old]
         token = next(self._tokens)
-        self.workers[token] = WorkerRecord(token, identity, name, now, relay=relay, arithmetic=arithmetic)
+        self.workers[token] = WorkerRecord(token, identity, name, now, relay=relay, arithmetic=arithmetic, key=key)
         return token, forgotten
 
     def bar(self, identity: bytes, name: str) -> None:

@@ -39,10 +39,11 @@ class ParameterServer:
         return self.roster.workers
 
     # who is there -------------------------------------------------------------------------
-    def register(self, identity: bytes, name: str, now: float, relay: str = "", arithmetic: str = "") -> int:
+    def register(self, identity: bytes, name: str, now: float, relay: str = "", arithmetic: str = "",
+                 key: str = "") -> int:
         """A new incarnation: any earlier registration from the same socket is forgotten; its
         unfinished groups become orphaned_work(), which the caller dispatches after welcoming."""
-        token, forgotten = self.roster.register(identity, name, now, relay, arithmetic)
+        token, forgotten = self.roster.register(identity, name, now, relay, arithmetic, key)
         for old in forgotten:
             self.assembler.forget(old)
         self.snapshots.keep_for(list(self.workers))

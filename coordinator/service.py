@@ -7,6 +7,9 @@ One distributed step, as gather() runs it (protocol/SPEC.md 4-5):
   intake    intake.handle(): `grad` pieces and `push`es (or a chain's sum) into server.accept_*
   watch     housekeeping(): dead workers' groups move, late groups get backup copies, a chain
             that does not carry is abandoned
+  check     checks.settle(): the guard on the step's loss and gradient norm; an audited step waits for
+            its copy and its chain's own gradients and is judged; a worker found wrong is barred
+            and the run goes back (a Rewind instead of the step, SPEC.md 5.7)
   collect   server.collect(): the gradients in summing order, handed to the training run
             (model/run.py apply_step sums them, clips and applies RMSprop)
 """
