@@ -227,7 +227,11 @@ class ParameterServer:
                             key=lambda g: self._sent(g) or now):
             if not idle:
                 break
-            if self.backups.late(flight, group, self._sent(group), now, self.workers[idle[0]].usual_per_chunk()):
+            # a chained group waits for hops its owner's history does not show: late only when far past
+            # the usual (a dead or stalled member), never because an idle worker's copy looks faster
+            chained = flight.chain is not None and flight.chain.active and group in flight.chain.groups
+            copy_per_chunk = None if chained else self.workers[idle[0]].usual_per_chunk()
+            if self.backups.late(flight, group, self._sent(group), now, copy_per_chunk):
                 self.abandon_chain(f"chunks {group[0]}-{group[-1]} get a backup copy")   # off the chain
                 token = idle.pop(0)
                 flight.backup[group] = token
