@@ -303,3 +303,25 @@ def test_a_worker_computes_while_its_parameters_arrive_and_sends_the_top_piece_f
     ended.abort()                                            # the step is over: every watch gives up
     with pytest.raises(WorkAborted):
         computer.compute(work, ended.watch(), out.append)
+
+
+def test_a_chained_group_is_copied_only_when_far_past_the_usual_time():
+    """In a relay chain a member waits for hops its own history does not show (at 8+ workers a
+    step 0 served through the coordinator made every later member look slow, and every chain
+    broke): an idle worker's faster-looking copy is no reason to break the chain."""
+    corpus, config, server = setup()
+    a = server.register(b"a", "a", 0.0, relay="tcp://10.0.0.1:1")
+    b = server.register(b"b", "b", 0.0, relay="tcp://10.0.0.2:1")
+    for token, wall in ((a, 0.1), (b, 1.0)):
+        server.workers[token].walls_per_chunk.extend([wall] * 3)
+        server.workers[token].overheads.extend([0.01] * 3)
+    server.state.step = 1                                  # step 0 is a probe step, without a chain
+    items = {i.token: i for i in server.start_step()}
+    assert server.in_flight.chain is not None and server.in_flight.chain.active
+    for item in items.values():
+        server.work_out(item, 0.0)
+    server.accept_push(a, 1, items[a].group, Contribution(1.0, None, *[np.zeros((2, len(items[a].group), 8))] * 2,
+                                                          0.1), 0.3)
+    assert server.backup_work(0.3) == [] and server.in_flight.chain.active      # off the chain, a copy it would be
+    (copy,) = server.backup_work(2.0 * 0.55 * len(items[b].group) + 0.01)        # LATE_FACTOR x the usual
+    assert (copy.token, copy.group) == (a, items[b].group) and not server.in_flight.chain.active
