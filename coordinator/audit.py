@@ -44,9 +44,15 @@ class StepAudit:
                 waiting.append(f"the own gradient of chunks {group[0]}-{group[-1]}")
             if token not in self.sums:
                 waiting.append(f"the `sums` of chunks {group[0]}-{group[-1]}")
-        if self.copier is not REFEREE and self.copier in live and self.copy is None:
+        if (self.copier is not REFEREE and self.copier in live and self.copy is None
+                and not holds(flight, self.copier, self.copy_group)):
             waiting.append(f"the copy of chunks {self.copy_group[0]}-{self.copy_group[-1]}")
         return waiting
+
+
+def holds(flight: StepInFlight | None, token: int, group: tuple[int, ...]) -> bool:
+    """Whether token computes group for the step in flight as its owner or its backup copy."""
+    return flight is not None and token in (flight.owner.get(group), flight.backup.get(group))
 
 
 class Auditor:
@@ -87,11 +93,27 @@ class Auditor:
         return audit
 
     # what the copy sends ---------------------------------------------------------------------
-    def takes(self, token: int, step: int, group: tuple[int, ...]) -> bool:
-        """Whether a `grad` or `push` is the audit copy's (and none of the step's own)."""
+    def takes(self, flight: StepInFlight | None, token: int, step: int, group: tuple[int, ...]) -> bool:
+        """Whether a `grad` or `push` is the audit copy's and none of the step's own: once the
+        copier holds the group for the step too (a backup copy, a dead owner's group moved to
+        it), its one result of that work is the step's, and the audit compares nothing there."""
         audit = self.current
         return (audit is not None and audit.copier is not REFEREE and (token, step, group) ==
-                (audit.copier, audit.step, audit.copy_group))
+                (audit.copier, audit.step, audit.copy_group) and not holds(flight, token, group))
+
+    def release(self, flight: StepInFlight | None):
+        """Once the copier holds the copy's group for the step too (a backup copy, a dead owner's
+        group moved to it — its one computation then serves both), what it sent the audit is the
+        step's: returned once as (token, step, group, [(piece, array)], push or None), and the audit
+        checks that group with the referee instead. None otherwise."""
+        audit = self.current
+        if audit is None or audit.copier is REFEREE or not holds(flight, audit.copier, audit.copy_group):
+            return None
+        token, group = audit.copier, audit.copy_group
+        held = next((h for h in audit.copy_pieces.held.get(token, []) if h.group == group), None)
+        pieces = [(p, held.grad[slice(*self.pieces[p])]) for p in sorted(held.arrived)] if held else []
+        push, audit.copy, audit.copier = audit.copy, None, REFEREE
+        return token, audit.step, group, pieces, push
 
     def copy_piece(self, token: int, step: int, group: tuple[int, ...], piece: int, array: np.ndarray) -> None:
         if self.current.copy is None:

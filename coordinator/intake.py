@@ -54,8 +54,9 @@ class Intake:
                                        reference_to(message))
                 return
             server.roster.heard_from(token, time.monotonic())
+            self.release_audit_copy()
             key = (token, message.fields.get("step"), tuple(message.fields.get("chunks", ())))
-            if cmd in ("grad", "push") and self.auditor.takes(*key):
+            if cmd in ("grad", "push") and self.auditor.takes(server.in_flight, *key):
                 self.audit_copy(identity, token, message)
             elif cmd == "sums":
                 self.auditor.take_sums(token, message)
@@ -73,6 +74,18 @@ class Intake:
                 self.sender.dispatch(server.drop(token))
         else:
             self.reject_log(f"dropped {cmd!r}: not a command the coordinator accepts")
+
+    def release_audit_copy(self) -> None:
+        """An audit copy whose worker came to hold its group for the step: its pieces and push
+        go to the step (SPEC.md 5.7), so that the step never waits on a result the audit took."""
+        released = self.auditor.release(self.server.in_flight)
+        if released is None:
+            return
+        token, step, group, pieces, push = released
+        for piece, array in pieces:
+            self.server.accept_piece(token, step, group, piece, array)
+        if push is not None:
+            self.server.accept_push(token, step, group, push, time.monotonic())
 
     def audit_copy(self, identity: bytes, token: int, message: Message) -> None:
         """A piece or the push of an audit copy (SPEC.md 5.7): kept for the audit, not the step."""

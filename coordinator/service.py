@@ -187,6 +187,7 @@ class Coordinator:
             self.backup_log(f"step {item.step}: chunks {item.group[0]}-{item.group[-1]} are late; "
                             f"a backup copy goes to worker {server.workers[item.token].name!r}")
         self.sender.dispatch(copies)
+        self.intake.release_audit_copy()        # a copy's worker may now hold its group for the step
         self.sender.heartbeats(now, self.heartbeat_s)
         if not server.workers and now - self.waiting_logged > 30:
             self.log(f"waiting for workers on {self.endpoint} (start one with `{self.worker_command()}`)")

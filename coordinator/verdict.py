@@ -71,7 +71,8 @@ class Judge:
             self.against_referee(verdict, state, group, owner, own, arithmetic, "its result")
             return
         if audit.copy is None:
-            verdict.notes.append(f"the copy of chunks {group[0]}-{group[-1]} did not come; not compared")
+            verdict.notes.append(f"the copy of chunks {group[0]}-{group[-1]} did not come (or its worker came to "
+                                 f"hold the group itself); not compared")
             return
         alike = arithmetic.get(owner) == arithmetic.get(audit.copier)
         if difference(own, audit.copy, self.pieces, alike) is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -20,6 +21,18 @@ from .training import TrainState
 FORMAT = "charlstm/1"
 MODEL_FORMAT = "charlstm-model/1"
 HISTORY_DIR = "history"
+HISTORY_NAME = re.compile(r"^checkpoint-(\d{9})\.npz$")     # history/checkpoint-<step, 9 digits>.npz
+
+
+def history_name(step: int) -> str:
+    return f"checkpoint-{step:09d}.npz"
+
+
+def history_steps(save_dir: str) -> dict[int, str]:
+    """step -> path of each checkpoint kept in save_dir's history/."""
+    history = os.path.join(save_dir, HISTORY_DIR)
+    names = os.listdir(history) if os.path.isdir(history) else []
+    return {int(m.group(1)): os.path.join(history, n) for n in names for m in [HISTORY_NAME.match(n)] if m}
 
 
 class CheckpointError(Exception):
@@ -90,7 +103,7 @@ def save_checkpoint(path: str, state: TrainState, keep: int = 3) -> None:
         return
     history = os.path.join(os.path.dirname(os.path.abspath(path)), HISTORY_DIR)
     os.makedirs(history, exist_ok=True)
-    link = os.path.join(history, f"checkpoint-{state.step:09d}.npz")
+    link = os.path.join(history, history_name(state.step))
     if os.path.exists(link):
         os.unlink(link)
     os.link(path, link)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from .checkpoint import HISTORY_DIR
+from .checkpoint import history_steps
 from .training import TrainState
 
 SUPERSEDED_DIR = "superseded"
@@ -45,9 +45,7 @@ def restore(state: TrainState, earlier: TrainState) -> None:
 def set_aside(save_dir: str, step: int, best_step: int | None) -> str:
     """Moves history/ checkpoints of steps after `step`, and a best.npz from one, to superseded/,
     so that no fallback resumes from them and no export ships one. Returns what moved, in words."""
-    history = os.path.join(save_dir, HISTORY_DIR)
-    later = [os.path.join(history, f) for f in sorted(os.listdir(history)) if f.endswith(".npz")
-             and f[11:20].isdigit() and int(f[11:20]) > step] if os.path.isdir(history) else []
+    later = [path for kept, path in sorted(history_steps(save_dir).items()) if kept > step]
     best = os.path.join(save_dir, "best.npz")
     if best_step is not None and best_step > step and os.path.exists(best):
         later.append(best)

@@ -325,3 +325,34 @@ def test_a_chained_group_is_copied_only_when_far_past_the_usual_time():
     assert server.backup_work(0.3) == [] and server.in_flight.chain.active      # off the chain, a copy it would be
     (copy,) = server.backup_work(2.0 * 0.55 * len(items[b].group) + 0.01)        # LATE_FACTOR x the usual
     assert (copy.token, copy.group) == (a, items[b].group) and not server.in_flight.chain.active
+
+
+def test_an_audit_copy_whose_worker_comes_to_hold_the_group_serves_the_step():
+    """Found by a hostile registered peer that never computes: the backup copy of its group went
+    to the worker already making that group's audit copy (the same work), whose result the audit
+    kept, and the step waited forever. Now the result serves the step; the referee checks it."""
+    from coordinator.audit import REFEREE, Auditor
+    corpus, config, server = setup()
+    silent, honest = server.register(b"s", "s", 0.0), server.register(b"h", "h", 0.0)
+    items = {i.token: i for i in server.start_step()}
+    flight = server.in_flight
+    auditor = Auditor(server.state.layout.pieces, server.state.params.dtype, share=1.0)
+    while True:                                       # the audit copies the silent worker's group to the honest one
+        (copy,) = auditor.plan(flight, {silent: "a", honest: "a"})
+        if copy.group == items[silent].group:
+            break
+    computer = WorkerCompute(config.to_dict(), corpus.vocab)
+    *pieces, push = worker_answer(server, copy, computer)
+    for piece in pieces[:2]:                          # some pieces reach the audit first
+        assert auditor.takes(flight, honest, 0, copy.group)
+        auditor.copy_piece(honest, 0, copy.group, piece["piece"], piece.arrays["grad"])
+    flight.backup[copy.group] = honest                # then the silent owner's group is copied to it
+    assert not auditor.takes(flight, honest, 0, copy.group)
+    token, step, group, released, none = auditor.release(flight)
+    assert (token, step, group, none) == (honest, 0, copy.group, None) and len(released) == 2
+    assert auditor.current.copier is REFEREE and auditor.release(flight) is None
+    for piece, array in released:
+        server.accept_piece(token, step, group, piece, array)
+    for piece in pieces[2:]:
+        server.accept_piece(honest, 0, copy.group, piece["piece"], piece.arrays["grad"])
+    assert server.accept_push(honest, 0, copy.group, contribution_of(push), 1.0)[0] == "accepted"
