@@ -8,6 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .params import PIECE_ELEMENTS
 from .wire import WIRE_TAGS
 
 DTYPES = ("float32", "float64")
@@ -63,6 +64,10 @@ class Config:
         0.0, "DropConnect on each layer's recurrent weights W_h during training (AWD-LSTM's weight drop): "
         "each element dropped with this probability, one mask per layer and step shared by every chunk "
         "(so worker counts still agree); 0 = off")
+    piece_elements: int = _field(
+        PIECE_ELEMENTS, "the most elements in one piece of the parameters and gradients on the wire "
+        "(protocol/SPEC.md 4.4): each hop of a relay chain waits for one piece, so smaller pieces "
+        "shorten long chains, at the cost of more messages; changes no bit of the results")
 
     def __post_init__(self) -> None:
         wrong = [f"{f.name} must be {type(f.default).__name__} (got {type(getattr(self, f.name)).__name__})"
@@ -85,6 +90,8 @@ class Config:
             problems.append("need 0 <= dropout < 1, 0 < lr_decay <= 1 and lr_decay_after >= 0")
         if not 0.0 <= self.weight_drop < 1.0:
             problems.append(f"need 0 <= weight_drop < 1 (got {self.weight_drop})")
+        if self.piece_elements < 1:
+            problems.append(f"need piece_elements >= 1 (got {self.piece_elements})")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"need 0 <= ema_decay < 1 (got {self.ema_decay})")
         for name in ("dtype", "recurrent_form", "wire_dtype"):

@@ -11,18 +11,22 @@ from functools import cached_property
 
 import numpy as np
 
-# The most elements in one piece of the vector on the wire (1 MiB of float32): small enough that
-# a relay chain forwards a piece while the next arrives, large enough to keep messages few.
+# The most elements in one piece of the vector on the wire by default (1 MiB of float32; a run's
+# Config.piece_elements): small enough that a relay chain forwards a piece while the next arrives,
+# large enough to keep messages few.
 PIECE_ELEMENTS = 1 << 18
+MAX_PIECES = 4096       # a cut into more pieces is refused: every message costs each hop its overhead
 
 
 @dataclass(frozen=True)
 class ParamLayout:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
+    piece_elements: int = PIECE_ELEMENTS
 
     @classmethod
-    def for_model(cls, vocab_size: int, layers: int, hidden: int) -> "ParamLayout":
+    def for_model(cls, vocab_size: int, layers: int, hidden: int,
+                  piece_elements: int = PIECE_ELEMENTS) -> "ParamLayout":
         names, shapes = [], []
         for layer in range(layers):
             fan_in = vocab_size if layer == 0 else hidden
@@ -30,7 +34,7 @@ class ParamLayout:
             shapes += [(fan_in, 4 * hidden), (hidden, 4 * hidden), (4 * hidden,)]
         names += ["head.W", "head.b"]
         shapes += [(hidden, vocab_size), (vocab_size,)]
-        return cls(tuple(names), tuple(shapes))
+        return cls(tuple(names), tuple(shapes), piece_elements)
 
     @property
     def sizes(self) -> list[int]:
@@ -50,12 +54,18 @@ class ParamLayout:
     @cached_property
     def pieces(self) -> list[tuple[int, int]]:
         """(start, stop) of each piece the vector travels in: every layer span cut into nearly
-        equal parts of at most PIECE_ELEMENTS, in order."""
+        equal parts of at most piece_elements, in order."""
+        if self.piece_elements < 1:
+            raise ValueError(f"piece_elements must be >= 1 (got {self.piece_elements})")
         pieces = []
         for start, stop in self.layer_spans:
-            parts = -(-(stop - start) // PIECE_ELEMENTS)
+            parts = -(-(stop - start) // self.piece_elements)
             bounds = [start + (stop - start) * k // parts for k in range(parts + 1)]
             pieces += list(zip(bounds, bounds[1:]))
+        if len(pieces) > MAX_PIECES:
+            raise ValueError(f"pieces of at most {self.piece_elements} elements cut this model's "
+                             f"{self.total} into {len(pieces)} pieces, more than {MAX_PIECES}; "
+                             f"raise piece_elements")
         return pieces
 
     def layer_pieces(self, layer: int) -> range:

@@ -33,7 +33,8 @@ class TrainState:
 
     @property
     def layout(self) -> ParamLayout:
-        return ParamLayout.for_model(len(self.vocab), self.config.layers, self.config.hidden)
+        return ParamLayout.for_model(len(self.vocab), self.config.layers, self.config.hidden,
+                                    self.config.piece_elements)
 
     @property
     def epoch(self) -> int:
@@ -69,7 +70,7 @@ class TrainState:
 
 def new_state(config: Config, corpus: Corpus) -> TrainState:
     dtype = np.dtype(config.dtype)
-    layout = ParamLayout.for_model(len(corpus.vocab), config.layers, config.hidden)
+    layout = ParamLayout.for_model(len(corpus.vocab), config.layers, config.hidden, config.piece_elements)
     state_shape = (config.layers, config.chunks, config.hidden)
     params = init_params(layout, config.hidden, config.seed, dtype)
     return TrainState(config=config, vocab=corpus.vocab, corpus_sha256=corpus.sha256,

@@ -143,7 +143,10 @@ def connect_dealer(context: zmq.Context, endpoint: str, curve_client=None, befor
     return socket
 
 
-RELAY_QUEUE = 32        # messages queued for one relay peer (a step's pieces) before sends to it are dropped
+def relay_queue(pieces: int) -> int:
+    """Messages queued for one relay peer before sends to it are dropped: a step's parameter
+    and sum pieces, and a few more (32 for the default model's 14 pieces)."""
+    return 2 * pieces + 4
 
 
 def bind_relay(context: zmq.Context, host: str, max_message_bytes: int) -> tuple[zmq.Socket, str]:
@@ -159,13 +162,13 @@ def bind_relay(context: zmq.Context, host: str, max_message_bytes: int) -> tuple
     return socket, f"tcp://{host}:{port}"
 
 
-def connect_relay(context: zmq.Context, endpoint: str) -> zmq.Socket:
+def connect_relay(context: zmq.Context, endpoint: str, queue: int) -> zmq.Socket:
     """A DEALER to another worker's relay: messages queue while it connects, but a peer that
-    does not take them fills a short queue, and then sends to it fail at once
-    (send(drop_if_busy=True)) instead of queueing without end."""
+    does not take them fills a short queue of `queue` messages (relay_queue()), and then sends
+    to it fail at once (send(drop_if_busy=True)) instead of queueing without end."""
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SNDHWM, RELAY_QUEUE)
+    socket.setsockopt(zmq.SNDHWM, queue)
     socket.connect(endpoint)
     return socket
 

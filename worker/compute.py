@@ -92,7 +92,8 @@ class ParamsWatch:
 class WorkerCompute:
     def __init__(self, config: dict, vocab: str):
         self.config = Config.from_dict(config)
-        self.layout = ParamLayout.for_model(len(vocab), self.config.layers, self.config.hidden)
+        self.layout = ParamLayout.for_model(len(vocab), self.config.layers, self.config.hidden,
+                                             self.config.piece_elements)
         self.dtype = np.dtype(self.config.dtype)
         self.gradients = ChunkGradients(self.config, self.layout)
         self.dims = shape_sizes(self.config, self.layout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zmq
 
 from protocol import Message
-from protocol.transport import bind_relay, connect_relay, local_address_toward, send
+from protocol.transport import bind_relay, connect_relay, local_address_toward, relay_queue, send
 
 
 class Relay:
@@ -16,12 +16,19 @@ class Relay:
         host = local_address_toward(coordinator) if offer else None
         self.socket, self.endpoint = bind_relay(context, host, max_message_bytes) if host else (None, "")
         self.peers: dict[str, zmq.Socket] = {}      # relay endpoint -> a DEALER to it
+        self.queue = relay_queue(1)
+
+    def size_for(self, pieces: int) -> None:
+        """A run's parameters travel in `pieces`: each peer's queue holds a step of them."""
+        if relay_queue(pieces) != self.queue:
+            self.keep_only(set())
+            self.queue = relay_queue(pieces)
 
     def send(self, endpoint: str, message: Message) -> zmq.MessageTracker | None:
         """To another worker's relay; None if it does not take it (not connected or not
         reading: the coordinator then abandons the chain)."""
         if endpoint not in self.peers:
-            self.peers[endpoint] = connect_relay(self.context, endpoint)
+            self.peers[endpoint] = connect_relay(self.context, endpoint, self.queue)
         try:
             return send(self.peers[endpoint], message, track=True, drop_if_busy=True)
         except zmq.Again:

@@ -130,6 +130,7 @@ class Session:
         self.held.token, self.welcomed = message["token"], True
         self.held.start_afresh()        # a new registration (SPEC.md 5.6): the steps may be numbered anew
         self.heartbeat_s, self.liveness_s = message["heartbeat_s"], message["liveness_s"]
+        self.relay.size_for(len(message["pieces"]))
         relay = f"; relaying on {self.relay.endpoint}" if self.relay.endpoint else ""
         self.log(f"worker {self.name}: registered with {self.settings.endpoint}{relay}")
         self.prune()
