@@ -218,6 +218,8 @@ class TrainingRun:
         the run (its one-line message is logged)."""
         previous = self._catch_stop_signals()
         try:
+            if self.eval_every:
+                self.validator.resume(self.state)
             if self.done:
                 self.checkpoint()
             while not self.done and not self.stop_signal:
@@ -260,7 +262,7 @@ class TrainingRun:
     def rewind(self, rewind: Rewind) -> None:
         """Back to an earlier state: said in the log and in metrics.jsonl, what the later steps
         left moved aside (model/rewind.py), the state checkpointed at once."""
-        self.validator.close()          # a validation of a step being undone
+        self.validator.abandon(self.state)      # a validation of a step being undone
         state, left = self.state, self.state.step
         moved = set_aside(self.save_dir, rewind.state.step, state.extra_meta.get("best_val_step"))
         restore(state, rewind.state)
@@ -314,19 +316,23 @@ class TrainingRun:
         with open(os.path.join(self.save_dir, "metrics.jsonl"), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
 
-    def _collect_validation(self, wait: bool = False) -> None:
+    def _collect_validation(self, wait: bool = False) -> dict | None:
         result = self.validator.poll(self.state, wait)
         if result:
             self._append_metrics({**result, "elapsed_s": round(self.elapsed(), 3)})
+        return result
 
     def finish(self, completed: bool) -> None:
         """At the end of a run: wait for the last validation (and checkpoint again to keep its
-        best-so-far in the meta) when training completed; abandon it when stopped early."""
+        best-so-far in the meta) when training completed; when stopped early, keep one that has
+        finished and leave one still running to the resumed run (model/validation.py PENDING)."""
         if completed and self.eval_every:
             self._collect_validation(wait=True)
             if self.validator.step != self.state.step:
                 self.validator.start(self.state)
                 self._collect_validation(wait=True)
+            self.checkpoint()
+        elif self._collect_validation():
             self.checkpoint()
         self.validator.close()
 

@@ -9,10 +9,15 @@ import os
 import subprocess
 import sys
 
-from .checkpoint import load_model, model_arrays, state_meta, write_npz_atomic
+from .checkpoint import CheckpointError, load_model, model_arrays, read_meta, state_meta, write_npz_atomic
 from .corpus import read_corpus, split_point
 from .inference import Model, evaluate
 from .threads import blas_thread_env
+
+
+# In a checkpoint's extra meta: the step of a validation started and not yet collected. A stop
+# interrupts it; the resumed run validates that step's snapshot again, so no epoch goes unscored.
+PENDING = "validating_step"
 
 
 class Validator:
@@ -42,15 +47,36 @@ class Validator:
             return
         meta = state_meta(state)
         write_npz_atomic(self.snapshot_path, model_arrays(meta, state.params, "float32"))
-        models = [self.snapshot_path]
         if state.average is not None:
             write_npz_atomic(self.average_path, model_arrays(dict(meta, averaged=True), state.averaged(), "float32"))
-            models.append(self.average_path)
-        env = blas_thread_env(1)
+        self._launch(state, state.step)
+
+    def _models(self, state) -> list[str]:
+        return [self.snapshot_path] + ([self.average_path] if state.average is not None else [])
+
+    def _launch(self, state, step: int) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "model.validation", os.path.abspath(self.corpus_path), str(self.val_fraction),
-             *map(os.path.abspath, models)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.step = state.step
+             *map(os.path.abspath, self._models(state))], env=blas_thread_env(1), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        self.step = state.extra_meta[PENDING] = step
+
+    def resume(self, state) -> None:
+        """The validation a stop interrupted runs again from its snapshot (said in one line)."""
+        step = state.extra_meta.get(PENDING)
+        if step is None or self.process is not None:
+            return
+        try:
+            kept = all(read_meta(path)["step"] == step for path in self._models(state))
+        except (CheckpointError, KeyError):
+            kept = False
+        if kept:
+            self.log(f"resume: validating step {step} again (a stop interrupted it)")
+            self._launch(state, step)
+        else:
+            state.extra_meta.pop(PENDING)
+            self.log(f"warning: the validation of step {step} was interrupted and its snapshot "
+                     f"{self.snapshot_path} is gone: step {step} has no validation loss")
 
     def poll(self, state, wait: bool = False) -> dict | None:
         """The finished validation's figures ({"step", "val_loss", "val_bits"}), else None.
@@ -59,6 +85,7 @@ class Validator:
             return None
         out, err = self.process.communicate()
         process, self.process = self.process, None
+        state.extra_meta.pop(PENDING, None)
         if process.returncode != 0:
             self.log(f"warning: validation of step {self.step} failed: {err.strip()[-300:]}")
             return None
@@ -79,10 +106,20 @@ class Validator:
         return result
 
     def close(self) -> None:
+        """Stops a validation still running: a checkpoint written before keeps it PENDING."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+            self.log(f"validation of step {self.step} interrupted; the run validates it when it resumes")
+        self.process = None
+
+    def abandon(self, state) -> None:
+        """A validation of a step being undone (a rollback): stopped and forgotten."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         self.process = None
+        state.extra_meta.pop(PENDING, None)
 
 
 def main(argv=None) -> int:

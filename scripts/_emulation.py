@@ -18,6 +18,7 @@ import _paths
 from _netlab import bytes_per_s
 
 TIME_KEYS = ("step_s", "out_s", "queued_s", "compute_s", "in_s", "update_s", "idle_s")
+RATE_KEYS = ("chars_per_s", "mean_chars_per_s")
 
 
 def group_sizes(chunks: int, workers: list[int]) -> list[int]:
@@ -63,5 +64,6 @@ class Emulation:
         out = dict(figures)
         for key in TIME_KEYS:
             out[key] = figures[key] / self.dilation
-        out["chars_per_s"] = figures["chars_per_s"] * self.dilation
+        for key in RATE_KEYS:
+            out[key] = figures[key] * self.dilation
         return out

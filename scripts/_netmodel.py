@@ -20,15 +20,24 @@ def step_s(workers: int, link_bytes_per_s: float, wire_bytes: float, compute_s: 
     wire_bytes: the parameter vector on the wire; layer0_share: layer 0's share of it.
     piece_bytes None: every worker gets its parameters from the coordinator and sends it its
     gradient (N copies through the coordinator's link); else a relay chain carries them in
-    pieces of that size (one copy per link, plus a piece's time and its checks per hop)."""
-    def carried_s(size: float, checks: int) -> float:       # until `size` bytes reached every worker, or came back
+    pieces of that size (one copy per link; out, a piece's time and its check per hop)."""
+    hops = workers - 1
+
+    def out_s(size: float) -> float:        # until `size` bytes reached the last worker
         if piece_bytes is None:
             return workers * size / link_bytes_per_s
-        hops = workers - 1
-        return (size + hops * piece_bytes) / link_bytes_per_s + hops * checks * piece_bytes * check_s_per_byte
+        return (size + hops * piece_bytes) / link_bytes_per_s + hops * piece_bytes * check_s_per_byte
 
-    layer0_s, all_s = carried_s(wire_bytes * layer0_share, 1), carried_s(wire_bytes, 1)
+    def back_s(size: float) -> float:       # from the last worker's pieces to the coordinator
+        if piece_bytes is None:
+            return workers * size / link_bytes_per_s
+        # the last worker got its parameters a hop later than the one before it, which finished
+        # a hop sooner: the sum passes each hop as that worker's own pieces become final, and only
+        # a sum's second check per hop (the MAC in and out, against one digest out) is not hidden
+        return size / link_bytes_per_s + hops * piece_bytes * check_s_per_byte
+
+    layer0_s, all_s = out_s(wire_bytes * layer0_share), out_s(wire_bytes)
     forward0_s, backward0_s = LAYER0_FORWARD_SHARE * compute_s, LAYER0_BACKWARD_SHARE * compute_s
     computed = max(layer0_s + forward0_s, all_s) + compute_s - forward0_s
-    top_in = computed - backward0_s + carried_s(wire_bytes * (1 - layer0_share), 2)   # while layer 0's backward runs
-    return max(computed, top_in) + carried_s(wire_bytes * layer0_share, 2) + update_s
+    top_in = computed - backward0_s + back_s(wire_bytes * (1 - layer0_share))   # while layer 0's backward runs
+    return max(computed, top_in) + back_s(wire_bytes * layer0_share) + update_s

@@ -4,7 +4,7 @@ namespace, every link shaped, the default model trained for a few steps per conf
     sudo .venv/bin/python scripts/netbench.py --network none,10gbit,1gbit --workers 1,2,4
     sudo .venv/bin/python scripts/netbench.py --network none --workers 1,2 --slow 100mbit
 
-Reports, per configuration, chars/s and the phases of a step along its critical path (the
+Reports, per configuration, chars/s (the median step's, and the mean over the timed steps) and the phases of a step along its critical path (the
 group whose result came last): parameters out (work sent -> arrived, plus the time computing
 waited for parameter pieces still on the way), queued (behind other work on that worker),
 compute, gradients in (last piece and push ready -> received), update (the optimizer), idle
@@ -139,6 +139,8 @@ def phases(save_dir: str, warmup: int) -> dict:
     counts = ("backups_won", "backups_wasted", "relayed")
     figures = {key: statistics.median(r[key] for r in rows) for key in rows[0] if key not in counts}
     figures["outside_math_share"] = 1 - figures["compute_s"] / figures["step_s"]
+    # a slow step now and then (a slow host's probe, a copy) shows in the mean, not the median
+    figures["mean_chars_per_s"] = sum(r["chars_per_s"] * r["step_s"] for r in rows) / sum(r["step_s"] for r in rows)
     figures["backups_won"] = sum(r["backups_won"] for r in rows)
     figures["backups_wasted"] = sum(r["backups_wasted"] for r in rows)
     figures["relayed_steps"] = f"{sum(r['relayed'] for r in rows)}/{len(rows)}"
@@ -251,7 +253,7 @@ def main(argv=None) -> int:
 def print_row(label: str, f: dict) -> None:
     ms = lambda key: f"{round(f[key] * 1000):5d}"      # whole ms: a rounding of -0.3 ms reads 0, not -0
     link = f["coordinator_link_mb_per_step"]
-    print(f"{label:28s} {f['chars_per_s']:7,.0f} chars/s  step {ms('step_s')} ms = out {ms('out_s')} + queued "
+    print(f"{label:28s} {f['chars_per_s']:7,.0f} chars/s (mean {f['mean_chars_per_s']:,.0f})  step {ms('step_s')} ms = out {ms('out_s')} + queued "
           f"{ms('queued_s')} + compute {ms('compute_s')} + in {ms('in_s')} + update {ms('update_s')} + idle {ms('idle_s')}  "
           f"outside math {f['outside_math_share'] * 100:4.1f}%  coordinator link {link['out']:.1f} MB out "
           f"{link['in']:.1f} MB in per step  relayed {f['relayed_steps']}  backups won {f['backups_won']} "

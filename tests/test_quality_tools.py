@@ -51,3 +51,32 @@ def test_eval_every_without_held_out_text_is_refused(tmp_path):
     result = helpers.run_script("train_local.py", "--corpus", corpus, "--save-dir", tmp_path, "--workers", 0,
                               "--steps", 1, "--eval-every", 2, check=False)
     assert result.returncode == 2 and "--val-fraction" in result.stderr
+
+
+def test_a_validation_a_stop_interrupts_runs_again_on_resume(tmp_path):
+    """Nothing lost silently: the checkpoint written at a stop names the step whose validation
+    was still running; the resumed run scores that step's snapshot (best.npz included)."""
+    from model.config import Config
+    from model.corpus import make_corpus
+    from model.training import new_state
+    from model.validation import PENDING, Validator
+    text = generated_text(6000, seed=2)
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    corpus, config = make_corpus(text, Config(layers=1, hidden=8, chunks=4, seq_len=10, val_fraction=0.2))
+    state = new_state(config, corpus)
+    state.step = 7
+    said = []
+    validator = Validator(str(tmp_path), str(tmp_path / "corpus.txt"), 0.2, said.append)
+    validator.start(state)
+    validator.close()                              # the stop, before the child answered
+    assert state.extra_meta[PENDING] == 7 and "validation of step 7 interrupted" in said[-1]
+    state.step = 9                                 # the run went on to its checkpoint at the stop
+    resumed = Validator(str(tmp_path), str(tmp_path / "corpus.txt"), 0.2, said.append)
+    resumed.resume(state)
+    result = resumed.poll(state, wait=True)
+    assert result["step"] == 7 and "validating step 7 again" in said[-2]
+    assert PENDING not in state.extra_meta and state.extra_meta["best_val_step"] == 7
+    assert load_model(str(tmp_path / "best.npz"))[0]["step"] == 7
+    state.extra_meta[PENDING] = 8                  # a snapshot of another step: said, not scored
+    resumed.resume(state)
+    assert resumed.process is None and PENDING not in state.extra_meta and "no validation loss" in said[-1]
