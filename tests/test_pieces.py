@@ -32,7 +32,7 @@ def test_a_cut_into_too_many_pieces_or_of_no_size_is_refused():
     assert Config().piece_elements == PIECE_ELEMENTS
 
 
-def test_a_relay_peer_still_connecting_is_queued_a_step_of_pieces_then_sends_to_it_drop():
+def test_a_relay_peer_still_connecting_is_queued_a_step_of_pieces_then_sends_to_it_drop(tmp_path):
     """A chain forwards a step's pieces to a peer that may not be reading yet: its queue holds
     them all (the default model's 14 pieces fit 32; 103 pieces of 2^15 did not), no more."""
     context = zmq.Context()
@@ -41,8 +41,9 @@ def test_a_relay_peer_still_connecting_is_queued_a_step_of_pieces_then_sends_to_
     try:
         pieces = 103
         relay.size_for(pieces)
-        sent = [relay.send("tcp://127.0.0.1:9", Message("params", {"step": 2, "piece": k % pieces},
-                                                         {"params": np.zeros(4, np.float32)}))
+        nobody = f"ipc://{tmp_path}/nobody-listens"
+        sent = [relay.send(nobody, Message("params", {"step": 2, "piece": k % pieces},
+                                           {"params": np.zeros(4, np.float32)}))
                 for k in range(relay.queue + 3)]
         assert None not in sent[:2 * pieces]
         assert sent[relay.queue:] == [None] * 3 and len(dropped) == 3
