@@ -135,6 +135,17 @@ def start_coordinator(corpus, save_dir, steps, *extra, workers: int = 1):
     return coordinator, read_endpoint(endpoint_file, coordinator)
 
 
+def run_cluster(corpus, save_dir, steps, workers, coordinator_flags=(), worker_flags=(), timeout: float = 120):
+    """A coordinator on a free loopback port and `workers` workers, until the run ends (exit 0)."""
+    coordinator, endpoint = start_coordinator(corpus, save_dir, steps, *coordinator_flags, workers=workers)
+    pool = [spawn("worker", "--connect", endpoint, *worker_flags, log_path=os.path.join(save_dir, f"worker{k}.log"))
+            for k in range(workers)]
+    try:
+        assert coordinator.wait(timeout) == 0
+    finally:
+        stop_all(coordinator, *pool)
+
+
 def start_cluster(corpus, save_dir, steps, workers, *extra):
     """A coordinator on a free loopback port and `workers` workers, each logging to save_dir."""
     coordinator, endpoint = start_coordinator(corpus, save_dir, steps, *extra, workers=workers)

@@ -199,13 +199,7 @@ def test_three_workers_relay_and_end_on_the_bits_of_workers_that_do_not(corpus, 
     the middle of the run and the result still equals the undisturbed one."""
     relayed, direct = str(tmp_path / "relayed"), str(tmp_path / "direct")
     for save_dir, flags in ((relayed, ()), (direct, ("--no-relay",))):
-        coordinator, endpoint = helpers.start_coordinator(corpus, save_dir, 6, "--chunks", "7", workers=3)
-        pool = [helpers.spawn("worker", "--connect", endpoint, *flags,
-                              log_path=os.path.join(save_dir, f"worker{k}.log")) for k in range(3)]
-        try:
-            assert coordinator.wait(120) == 0
-        finally:
-            helpers.stop_all(coordinator, *pool)
+        helpers.run_cluster(corpus, save_dir, 6, 3, ("--chunks", "7"), flags)
     # the first steps may go without: a worker's first computation is slow, a late group ends a
     # chain (the tiny model computes in milliseconds), and the next 2 steps go without one
     assert [m["relayed"] for m in helpers.metrics(relayed)][3:] == [1] * 3
