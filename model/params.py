@@ -57,15 +57,15 @@ class ParamLayout:
         equal parts of at most piece_elements, in order."""
         if self.piece_elements < 1:
             raise ValueError(f"piece_elements must be >= 1 (got {self.piece_elements})")
+        counts = [-(-(stop - start) // self.piece_elements) for start, stop in self.layer_spans]
+        if sum(counts) > MAX_PIECES:            # said before any is made: the size may come off the wire
+            raise ValueError(f"pieces of at most {self.piece_elements} elements cut this model's "
+                             f"{self.total} into {sum(counts)} pieces, more than {MAX_PIECES}; "
+                             f"raise piece_elements")
         pieces = []
-        for start, stop in self.layer_spans:
-            parts = -(-(stop - start) // self.piece_elements)
+        for (start, stop), parts in zip(self.layer_spans, counts):
             bounds = [start + (stop - start) * k // parts for k in range(parts + 1)]
             pieces += list(zip(bounds, bounds[1:]))
-        if len(pieces) > MAX_PIECES:
-            raise ValueError(f"pieces of at most {self.piece_elements} elements cut this model's "
-                             f"{self.total} into {len(pieces)} pieces, more than {MAX_PIECES}; "
-                             f"raise piece_elements")
         return pieces
 
     def layer_pieces(self, layer: int) -> range:
