@@ -36,7 +36,7 @@ class Sender:
             if out.sends_params:
                 self.params(out.token)
         step = self.server.state.step
-        for order in self.server.take_chain_orders():
+        for order in self.server.chain_watch.take_orders():
             if isinstance(order, SendDirect):
                 self.send(order.token, Message("direct", {"step": step, "chunks": list(order.group)}))
             else:

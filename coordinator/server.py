@@ -10,8 +10,9 @@ from model.training import Contribution, TrainState
 from protocol import LIVENESS_S
 from .assembler import GradientAssembler
 from .backups import BackupCounts, BackupPolicy
-from .chain import NO_LINKS, RelayChain, SendDirect, SendParams
+from .chain import NO_LINKS, RelayChain
 from .chain_policy import ChainPolicy
+from .chain_watch import ChainWatch
 from .roster import Roster, WorkerRecord
 from .snapshots import JoinSnapshots
 from .step import Collected, Outcome, PieceResult, PushResult, SentWork, StepInFlight, WorkItem, WorkOut, partition
@@ -26,8 +27,7 @@ class ParameterServer:
         self.backups = BackupPolicy(self.roster)
         self.chains = ChainPolicy(self.roster, self.backups, relaying)
         self.in_flight: StepInFlight | None = None
-        self.chain_orders: list[SendDirect | SendParams] = []      # what an abandoned chain asks for
-        self.chain_events: list[str] = []                           # why chains were abandoned, for the log
+        self.chain_watch = ChainWatch(self.chains)
         self.sent = SentWork()
         self.step_backups, self.total_backups = BackupCounts(), BackupCounts()
         self.wire_params = WireParams(state.layout.pieces)
@@ -51,7 +51,7 @@ class ParameterServer:
 
     def forget_everyone(self) -> None:
         """The run goes back (SPEC.md 5.7): no step is in flight and every worker registers again."""
-        self.in_flight, self.chain_orders = None, []
+        self.in_flight, self.chain_watch.orders = None, []
         self.roster.workers.clear()
         self.assembler = GradientAssembler(self.state.layout.pieces, self.state.params.dtype)
         self.sent, self.wire_params = SentWork(), WireParams(self.state.layout.pieces)
@@ -64,7 +64,7 @@ class ParameterServer:
         if flight is None:
             return []
         if flight.chain is not None and flight.chain.involves(token) and flight.chain.total is None:
-            self.abandon_chain(f"its worker {name!r} is gone", broken=False)
+            self.chain_watch.abandon(flight, self.workers, f"its worker {name!r} is gone", broken=False)
             for group in [g for g, c in flight.received.items() if c.grad is None and flight.accepted_from[g] == token]:
                 del flight.received[group]      # its gradient died with it: the group is computed again
                 flight.owner[group] = token
@@ -186,36 +186,12 @@ class ParameterServer:
         return PushResult(Outcome.STALE, f"step {step} is not the step in flight (next is {self.state.step})")
 
     # when something is late ---------------------------------------------------------------
-    def abandon_chain(self, reason: str, broken: bool = True) -> None:
-        """The step goes on without its chain (SPEC.md 4.5): holders send their own gradients, those
-        that have not pushed get the parameters. broken: it failed to carry (not a worker that
-        died), so the next steps go without one; why, with its links, waits in chain_events."""
-        flight = self.in_flight
-        chain = flight.chain if flight is not None else None
-        if chain is None or not chain.active or chain.total is not None:
-            return
-        links = " -> ".join(repr(self.workers[t].name if t in self.workers else t) for t in chain.tokens)
-        self.chain_events.append(f"step {flight.step}: relay chain {links} abandoned: {reason}")
-        if broken:
-            self.chains.broke(flight.step)
-        holder = {g: flight.accepted_from.get(g, flight.owner[g]) for g in chain.groups}
-        self.chain_orders += chain.abandon(holder, flight.received, self.workers)
-
-    def take_chain_orders(self) -> list[SendDirect | SendParams]:
-        orders, self.chain_orders = self.chain_orders, []
-        return orders
-
     def check_chain(self, now: float) -> None:
-        """Abandons a chain whose sum is overdue, or one with a late group: a stalled worker
-        also holds up the parameters it should forward, so no one would be idle for a copy."""
+        """The chain watch (chain_watch.py) is told of late groups and the time."""
         flight = self.in_flight
-        chain = flight.chain if flight is not None else None
-        if chain is None or not chain.active or chain.total is not None:
-            return
-        late = [g for g in flight.outstanding() if self.backups.late(flight, g, self._sent(g), now, None)]
-        if chain.overdue(now, self.roster.time_scale) or late:
-            self.abandon_chain(f"chunks {late[0][0]}-{late[0][-1]} are late" if late else
-                               "its sum is overdue 1 s after the last push (a relay link does not carry)")
+        if ChainWatch.open_chain(flight) is not None:
+            late = [g for g in flight.outstanding() if self.backups.late(flight, g, self._sent(g), now, None)]
+            self.chain_watch.check(flight, self.workers, late, now, self.roster.time_scale)
 
     def backup_work(self, now: float) -> list[WorkItem]:
         """Copies of late groups of the step in flight for idle workers (SPEC.md 5.6)."""
@@ -232,7 +208,7 @@ class ParameterServer:
             chained = flight.chain is not None and flight.chain.active and group in flight.chain.groups
             copy_per_chunk = None if chained else self.workers[idle[0]].usual_per_chunk()
             if self.backups.late(flight, group, self._sent(group), now, copy_per_chunk):
-                self.abandon_chain(f"chunks {group[0]}-{group[-1]} get a backup copy")   # off the chain
+                self.chain_watch.abandon(flight, self.workers, f"chunks {group[0]}-{group[-1]} get a backup copy")
                 token = idle.pop(0)
                 flight.backup[group] = token
                 self.step_backups.issued += 1

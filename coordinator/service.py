@@ -179,9 +179,8 @@ class Coordinator:
                      f"its chunks go to live workers")
         server.check_chain(now)
         self.sender.dispatch(work)
-        for line in server.chain_events:
+        for line in server.chain_watch.take_events():
             self.backup_log(line)
-        server.chain_events.clear()
         copies = server.backup_work(now)
         for item in copies:
             self.backup_log(f"step {item.step}: chunks {item.group[0]}-{item.group[-1]} are late; "

@@ -115,7 +115,7 @@ def test_a_chain_is_abandoned_when_a_member_dies_and_the_step_still_completes():
     server.accept_push(first.token, 1, first.group,
                        helpers.contribution_of(push), 1.0)
     moved = server.drop(middle.token)                        # dies before its push
-    orders = server.take_chain_orders()
+    orders = server.chain_watch.take_orders()
     assert SendDirect(first.token, first.group) in orders and SendParams(last.token) in orders
     assert [(m.token, m.group) for m in moved] and not server.in_flight.chain.active
     out = server.work_out(moved[0])
@@ -147,7 +147,7 @@ def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without
     server.check_chain(1.0)
     assert server.in_flight.chain.active                     # within the grace
     server.check_chain(2.0)
-    assert not server.in_flight.chain.active and len(server.take_chain_orders()) == 2
+    assert not server.in_flight.chain.active and len(server.chain_watch.take_orders()) == 2
     server.collect()
     server.state.step += 1
     for pause in (2, 4):                                     # while chains keep breaking: longer pauses
@@ -156,7 +156,7 @@ def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without
             server.start_step()
             chains.append(server.in_flight.chain is not None)
             if chains[-1]:
-                server.abandon_chain("a test breaks it")     # and it breaks again
+                server.chain_watch.abandon(server.in_flight, server.workers, "a test breaks it")     # and it breaks again
             finish_step()
         assert chains == [False] * pause + [True]
 
