@@ -64,6 +64,9 @@ class Config:
         0.0, "DropConnect on each layer's recurrent weights W_h during training (AWD-LSTM's weight drop): "
         "each element dropped with this probability, one mask per layer and step shared by every chunk "
         "(so worker counts still agree); 0 = off")
+    weight_decay: float = _field(
+        0.0, "decoupled weight decay (as AdamW's): every parameter is multiplied by 1 - lr * this before "
+        "each RMSprop step; applied by the coordinator, so worker counts still agree; 0 = off")
     piece_elements: int = _field(
         PIECE_ELEMENTS, "the most elements in one piece of the parameters and gradients on the wire "
         "(protocol/SPEC.md 4.4): each hop of a relay chain waits for one piece, so smaller pieces "
@@ -90,6 +93,8 @@ class Config:
             problems.append("need 0 <= dropout < 1, 0 < lr_decay <= 1 and lr_decay_after >= 0")
         if not 0.0 <= self.weight_drop < 1.0:
             problems.append(f"need 0 <= weight_drop < 1 (got {self.weight_drop})")
+        if not (0.0 <= self.weight_decay and self.weight_decay * self.lr < 1.0):
+            problems.append(f"need 0 <= weight_decay < 1/lr (got {self.weight_decay})")
         if self.piece_elements < 1:
             problems.append(f"need piece_elements >= 1 (got {self.piece_elements})")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -51,15 +51,17 @@ def clip_scale(norm: float, clip: float) -> float:
 
 
 def rmsprop(param: np.ndarray, square_avg: np.ndarray, grad: np.ndarray, lr: float, rho: float,
-            eps: float, *, grad_scale: float = 1.0, out: np.ndarray | None = None,
+            eps: float, *, grad_scale: float = 1.0, weight_decay: float = 0.0, out: np.ndarray | None = None,
             scratch: tuple[np.ndarray, np.ndarray] | None = None,
             executor: Executor | None = None) -> np.ndarray:
     """With g = grad_scale * grad: v = rho*v + (1-rho)*g*g (in place on square_avg); writes
-    p - lr*g/(sqrt(v)+eps) into out (which may be param itself; a new array when None)."""
+    p - lr*g/(sqrt(v)+eps) into out (which may be param itself; a new array when None), with
+    weight_decay (decoupled, as AdamW's) p*(1 - lr*weight_decay) - lr*g/(sqrt(v)+eps)."""
     out = np.empty_like(param) if out is None else out
     denominator, step = scratch if scratch is not None else (np.empty_like(param), np.empty_like(param))
     dtype = param.dtype.type
     rms_coefficient, step_coefficient = dtype((1 - rho) * grad_scale * grad_scale), dtype(lr * grad_scale)
+    kept = dtype(1 - lr * weight_decay)
 
     def update(span: slice) -> None:
         g, v, d, s = grad[span], square_avg[span], denominator[span], step[span]
@@ -71,7 +73,11 @@ def rmsprop(param: np.ndarray, square_avg: np.ndarray, grad: np.ndarray, lr: flo
         d += dtype(eps)
         np.multiply(g, step_coefficient, out=s)
         s /= d
-        np.subtract(param[span], s, out=out[span])
+        if weight_decay:
+            np.multiply(param[span], kept, out=d)
+            np.subtract(d, s, out=out[span])
+        else:
+            np.subtract(param[span], s, out=out[span])
 
     _run(executor, update, _spans(param.size))
     return out
@@ -82,8 +88,9 @@ class RMSprop:
     place: it is the array the training state (and so the checkpoint) holds."""
 
     def __init__(self, square_avg: np.ndarray, rho: float, eps: float, clip: float,
-                 threads: int | None = None):
+                 threads: int | None = None, weight_decay: float = 0.0):
         self.square_avg, self.rho, self.eps, self.clip = square_avg, rho, eps, clip
+        self.weight_decay = weight_decay
         self.grad_sum = np.empty_like(square_avg)
         self.scratch = (np.empty_like(square_avg), np.empty_like(square_avg))
         threads = min(SPANS, os.cpu_count() or 1) if threads is None else threads
@@ -98,7 +105,8 @@ class RMSprop:
         grad, norm = summed_gradient(grads, self.grad_sum, self.executor)
         norm /= count
         rmsprop(params, self.square_avg, grad, lr, self.rho, self.eps,
-                grad_scale=clip_scale(norm, self.clip) / count, out=out, scratch=self.scratch,
+                grad_scale=clip_scale(norm, self.clip) / count, weight_decay=self.weight_decay, out=out,
+                scratch=self.scratch,
                 executor=self.executor)
         return norm
 

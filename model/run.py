@@ -156,7 +156,8 @@ class TrainingRun:
         self.eval_every = eval_every
         config = self.state.config
         self.validator = Validator(save_dir, corpus_path, config.val_fraction, log)
-        self.optimizer = RMSprop(self.state.square_avg, config.rho, config.eps, config.clip)
+        self.optimizer = RMSprop(self.state.square_avg, config.rho, config.eps, config.clip,
+                                 weight_decay=config.weight_decay)
         self.average = ParamAverage(config.ema_decay) if config.ema_decay else None
         self.stop_signal: str | None = None
         self.started = time.monotonic()

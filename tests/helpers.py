@@ -34,7 +34,7 @@ def local_steps(state, corpus, steps: int = 1) -> list[tuple[float, float]]:
     """The single-process step, `steps` times on state: [(mean loss, gradient norm)]."""
     source = InProcessSource(state, corpus)
     config = state.config
-    optimizer = RMSprop(state.square_avg, config.rho, config.eps, config.clip)
+    optimizer = RMSprop(state.square_avg, config.rho, config.eps, config.clip, weight_decay=config.weight_decay)
     try:
         return [apply_step(state, optimizer, source.gather(state, lambda: False),
                            source.params_out(state)) for _ in range(steps)]

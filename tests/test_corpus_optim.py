@@ -58,6 +58,27 @@ def test_rmsprop_step_by_hand():
     np.testing.assert_allclose(new_p, p - 0.01 * g / (np.sqrt(expected_v) + 1e-8), rtol=1e-15)
 
 
+def test_decoupled_weight_decay_by_hand_in_place_and_over_threads():
+    rng = np.random.default_rng(4)
+    p, g = rng.standard_normal(3_000_000), rng.standard_normal(3_000_000)
+    v = rng.random(3_000_000)
+    expected_v = 0.9 * v + 0.1 * g * g
+    expected = p * (1 - 0.01 * 0.1) - 0.01 * g / (np.sqrt(expected_v) + 1e-8)
+    got = rmsprop(p, v.copy(), g, lr=0.01, rho=0.9, eps=1e-8, weight_decay=0.1)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    in_place, threaded = p.copy(), p.copy()
+    rmsprop(in_place, v.copy(), g, lr=0.01, rho=0.9, eps=1e-8, weight_decay=0.1, out=in_place)
+    with ThreadPoolExecutor(4) as pool:
+        rmsprop(threaded, v.copy(), g, lr=0.01, rho=0.9, eps=1e-8, weight_decay=0.1, out=threaded, executor=pool)
+    assert np.array_equal(in_place, got) and np.array_equal(threaded, got)
+    with pytest.raises(ValueError, match="weight_decay"):
+        Config(weight_decay=-1.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        Config(lr=0.5, weight_decay=2.0)        # would turn every parameter's sign
+    with pytest.raises(ValueError, match="lr > 0"):
+        Config(lr=0.0, weight_decay=0.1)
+
+
 def test_summed_gradient_and_clip_scale():
     a, b, c = np.array([3.0, 0.0, 1.0]), np.array([0.0, 4.0, -1.0]), np.array([0.0, 0.0, 0.0])
     out = np.full(3, np.nan)

@@ -56,7 +56,8 @@ def test_partition_is_even_and_contiguous():
 def test_workers_compute_the_same_step_as_the_single_process_path():
     corpus, config, server = setup()
     reference = new_state(config, corpus)
-    optimizer = RMSprop(server.state.square_avg, config.rho, config.eps, config.clip)
+    optimizer = RMSprop(server.state.square_avg, config.rho, config.eps, config.clip,
+                        weight_decay=config.weight_decay)
     computer = WorkerCompute(config.to_dict(), corpus.vocab)
     tokens = [server.register(bytes([k]), f"w{k}", 0.0) for k in range(3)]
     for _ in range(3):
