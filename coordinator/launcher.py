@@ -18,7 +18,8 @@ from model.checkpoint import CheckpointError
 from model.cli import config_from_args, explicit_settings, training_argv
 from model.curves import write_curves
 from model.progress import Progress
-from model.run import InProcessSource, TrainingRun
+from model.run import TrainingRun
+from model.step import InProcessSource
 from model.threads import blas_thread_env
 
 

@@ -223,7 +223,7 @@ class ParameterServer:
     # the step in --------------------------------------------------------------------------
     def collect(self) -> Collected:
         """Ends the step in flight once every group has arrived. Summing the gradients and the
-        optimizer step are the training run's (model/run.py)."""
+        optimizer step are the training run's (model/run.py, model/step.py)."""
         flight = self.in_flight
         if flight is None or not flight.complete:
             raise RuntimeError("collect called before every chunk's contribution arrived")

@@ -11,7 +11,7 @@ One distributed step, as gather() runs it (protocol/SPEC.md 4-5):
             its copy and its chain's own gradients and is judged; a worker found wrong is barred
             and the run goes back (a Rewind instead of the step, SPEC.md 5.7)
   collect   server.collect(): the gradients in summing order, handed to the training run
-            (model/run.py apply_step sums them, clips and applies RMSprop)
+            (model/step.py apply_step sums them, clips and applies RMSprop)
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import zmq
 
 from model.corpus import Corpus
 from model.rewind import Rewind
-from model.run import Gathered
+from model.step import Gathered
 from model.training import TrainState, shape_sizes
 from protocol import HEARTBEAT_S, LIVENESS_S
 from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES

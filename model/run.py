@@ -1,10 +1,9 @@
 """A training run, written once: resume or start, the step loop, signals, metrics.jsonl,
-checkpoints, validation, finish. Where the gradients of a step come from is a step source:
-InProcessSource (below: every chunk in one batch, no sockets) or the coordinator's socket loop
-(coordinator/service.py). The two differ only in how the contributions are gathered."""
+checkpoints, validation, finish. Where the gradients of a step come from is a step source
+(model/step.py: in process, or the coordinator's socket loop); the two differ only in how the
+contributions are gathered."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 import json
 import math
 import os
@@ -12,21 +11,20 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Callable, Protocol
 
 import numpy as np
 
 from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
 from .average import ParamAverage
 from .config import Config, resumed_config
-from .corpus import Corpus, make_corpus, read_corpus, sha256_text
+from .corpus import make_corpus, read_corpus, sha256_text
 from .optim import RMSprop
 from .recurrent import resolve_form
 from .rewind import Rewind, restore, set_aside
 from .savedir import SaveDirLock, archive_previous_run
-from .training import ChunkGradients, Contribution, TrainState, new_state
+from .step import StepSource, apply_step
+from .training import TrainState, new_state
 from .validation import Validator
-from .wire import wire_round
 
 DEFAULT_EPOCHS = 50
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -56,74 +54,6 @@ def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) 
     if steps is not None:
         return steps
     return round((DEFAULT_EPOCHS if epochs is None else epochs) * steps_per_epoch)
-
-
-@dataclass
-class Gathered:
-    """One step's results: every chunk group's contribution (loss, new states), the gradients to
-    add in the order to add them (ascending chunks; the source decides how they were formed, e.g.
-    a partial sum standing for several groups), and figures for metrics.jsonl."""
-    contributions: dict[tuple[int, ...], Contribution]
-    gradients: list[np.ndarray]
-    figures: dict
-
-
-class StepSource(Protocol):
-    def gather(self, state: TrainState, stopping: Callable[[], bool]) -> Gathered | Rewind | None:
-        """The contributions of every chunk for state.step; None if stopping() became true first."""
-
-    def params_out(self, state: TrainState) -> np.ndarray:
-        """Where the optimizer may write the new parameters."""
-
-    def close(self, reason: str) -> None:
-        """The run is over (reason says why)."""
-
-
-class InProcessSource:
-    """Every chunk as one batch in this process: the reference path."""
-
-    def __init__(self, state: TrainState, corpus: Corpus):
-        self.corpus = corpus
-        self.gradients = ChunkGradients(state.config, state.layout)
-        self.all_chunks = tuple(range(state.config.chunks))
-
-    def gather(self, state: TrainState, stopping) -> Gathered:
-        inputs, targets = self.corpus.window(state.step_in_epoch)
-        wire = state.config.wire_dtype          # rounded as a worker's would be, both ways
-        contribution = self.gradients.compute(wire_round(state.params, wire), state.step, self.all_chunks,
-                                              inputs, targets, state.chunk_h, state.chunk_c,
-                                              dropout=state.config.dropout, seed=state.config.seed,
-                                              weight_drop=state.config.weight_drop)
-        contribution.grad = wire_round(contribution.grad, wire, state.layout.pieces)
-        return Gathered({self.all_chunks: contribution}, [contribution.grad], {"workers": 0})
-
-    def params_out(self, state: TrainState) -> np.ndarray:
-        return state.params             # nothing else holds it: update in place
-
-    def close(self, reason: str) -> None:
-        pass
-
-
-def apply_step(state: TrainState, optimizer: RMSprop, gathered: Gathered,
-               new_params: np.ndarray, average: ParamAverage | None = None) -> tuple[float, float]:
-    """Sums the gathered gradients in their given order (never arrival order), clips, applies
-    RMSprop into new_params, keeps the chunks' new states and, with an average, moves it toward
-    the new parameters. Returns (mean loss, grad norm)."""
-    contributions = gathered.contributions
-    if not gathered.gradients or any(g is None for g in gathered.gradients):
-        raise RuntimeError("a step's gradients are incomplete")
-    groups = sorted(contributions)
-    chunk_h, chunk_c = state.chunk_h.copy(), state.chunk_c.copy()       # (L, C, H)
-    for group in groups:
-        chunk_h[:, list(group)] = contributions[group].h
-        chunk_c[:, list(group)] = contributions[group].c
-    loss = sum(contributions[g].loss for g in groups) / state.predictions_per_step
-    norm = optimizer.step(state.params, gathered.gradients,
-                          state.predictions_per_step, state.config.lr_at(state.epoch), out=new_params)
-    state.advance(new_params, chunk_h, chunk_c)
-    if average is not None and state.average is not None:
-        average.update(state.average, state.params)
-    return loss, norm
 
 
 class TrainingRun:

@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 
 from model.optim import RMSprop
-from model.run import InProcessSource, apply_step
+from model.step import InProcessSource, apply_step
 from protocol import SIGNATURE, Message, encode
 
 def generated_text(n_chars: int, seed: int = 0) -> str:

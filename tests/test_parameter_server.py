@@ -5,7 +5,7 @@ from coordinator.server import ParameterServer, partition
 from model.config import Config
 from model.corpus import make_corpus
 from model.optim import RMSprop
-from model.run import Gathered, apply_step
+from model.step import Gathered, apply_step
 from model.training import Contribution, new_state
 from protocol import Message
 from helpers import answer, contribution_of, generated_text, local_steps

@@ -164,7 +164,7 @@ def test_a_chain_whose_sum_is_overdue_is_abandoned_and_the_next_steps_go_without
 def test_a_chain_s_sum_stands_for_its_groups_and_a_step_without_every_gradient_is_refused():
     from coordinator.chain import RelayChain
     from coordinator.step import StepInFlight
-    from model.run import Gathered, apply_step
+    from model.step import Gathered, apply_step
     total, own = np.ones(3), np.full(3, 2.0)
     flight = StepInFlight(0, {(0,): 1, (1,): 2, (2,): 3})
     flight.chain = RelayChain([(0,), (1,)], [1, 2], ["tcp://a:1", "tcp://b:1"], None, total=total)
