@@ -8,9 +8,9 @@ import argparse
 import math
 
 from .config import Config
-from .run import DEFAULT_EPOCHS
 
 TYPES = {"int": int, "float": float, "str": str}
+DEFAULT_EPOCHS = 50
 
 
 class Parser(argparse.ArgumentParser):
@@ -141,3 +141,10 @@ def load_recipe(path: str, parser: argparse.ArgumentParser) -> dict:
         raise RecipeError(f"recipe {path} names flags this command does not have: {unknown}")
     parser.set_defaults(**flags)
     return recipe
+
+
+def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) -> int:
+    """The step a run trains to: --steps, else --epochs (default DEFAULT_EPOCHS) in steps."""
+    if steps is not None:
+        return steps
+    return round((DEFAULT_EPOCHS if epochs is None else epochs) * steps_per_epoch)

@@ -8,52 +8,26 @@ import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
 from .average import ParamAverage
+from .checkpoint import CheckpointError, load_latest_state, save_checkpoint
+from .cli import target_steps
 from .config import Config, resumed_config
 from .corpus import make_corpus, read_corpus, sha256_text
 from .optim import RMSprop
 from .recurrent import resolve_form
 from .rewind import Rewind, restore, set_aside
-from .savedir import SaveDirLock, archive_previous_run
+from .savedir import SaveDirLock, archive_previous_run, check_paths
 from .step import StepSource, apply_step
 from .training import TrainState, new_state
 from .validation import Validator
 
-DEFAULT_EPOCHS = 50
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def check_paths(corpus_path: str, save_dir: str) -> None:
-    """The run's files can be read and written; ValueError (one line) if not."""
-    if os.path.exists(save_dir) and not os.path.isdir(save_dir):
-        raise ValueError(f"--save-dir {save_dir} is a file, not a folder; choose a folder for "
-                         f"checkpoints and metrics")
-    try:                # a probe, before any step is computed: root passes os.access even on /proc
-        os.makedirs(save_dir, exist_ok=True)
-        probe, probe_path = tempfile.mkstemp(prefix=".probe-", dir=save_dir)
-        os.close(probe)
-        os.unlink(probe_path)
-    except OSError as error:
-        raise ValueError(f"cannot write to --save-dir {save_dir} ({error.strerror}); choose a folder "
-                         f"you can write to") from None
-    if not os.path.isfile(corpus_path):
-        what = "is a directory" if os.path.isdir(corpus_path) else "not found"
-        raise ValueError(f"corpus {corpus_path} {what}; run `python scripts/fetch_data.py` or pass "
-                         f"--corpus PATH")
-
-
-def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) -> int:
-    """The step a run trains to: --steps, else --epochs (default DEFAULT_EPOCHS) in steps."""
-    if steps is not None:
-        return steps
-    return round((DEFAULT_EPOCHS if epochs is None else epochs) * steps_per_epoch)
 
 
 class TrainingRun:

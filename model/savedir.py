@@ -1,9 +1,10 @@
 """A save-dir's ownership and its runs: one writer at a time (a lock), and what --fresh does with
-the run that was there before (archived, never deleted)."""
+the run that was there before (archived, never deleted); and that a run's paths can be used."""
 from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 import time
 
 LOCK_FILE = ".lock"
@@ -65,3 +66,22 @@ def archive_previous_run(save_dir: str, log=print) -> str | None:
         os.replace(os.path.join(save_dir, name), os.path.join(candidate, name))
     log(f"--fresh: moved the previous run's {', '.join(present)} to {candidate}")
     return candidate
+
+
+def check_paths(corpus_path: str, save_dir: str) -> None:
+    """The run's files can be read and written; ValueError (one line) if not."""
+    if os.path.exists(save_dir) and not os.path.isdir(save_dir):
+        raise ValueError(f"--save-dir {save_dir} is a file, not a folder; choose a folder for "
+                         f"checkpoints and metrics")
+    try:                # a probe, before any step is computed: root passes os.access even on /proc
+        os.makedirs(save_dir, exist_ok=True)
+        probe, probe_path = tempfile.mkstemp(prefix=".probe-", dir=save_dir)
+        os.close(probe)
+        os.unlink(probe_path)
+    except OSError as error:
+        raise ValueError(f"cannot write to --save-dir {save_dir} ({error.strerror}); choose a folder "
+                         f"you can write to") from None
+    if not os.path.isfile(corpus_path):
+        what = "is a directory" if os.path.isdir(corpus_path) else "not found"
+        raise ValueError(f"corpus {corpus_path} {what}; run `python scripts/fetch_data.py` or pass "
+                         f"--corpus PATH")

@@ -19,7 +19,8 @@ from model.checkpoint import CheckpointError, export_model, load_model, read_met
 from model.config import Config  # noqa: E402
 from model.cli import (Parser, RecipeError, add_training_arguments, load_recipe, non_negative_int, positive_float,
                        share, positive_int)  # noqa: E402
-from model.run import check_paths, target_steps  # noqa: E402
+from model.cli import target_steps  # noqa: E402
+from model.savedir import check_paths  # noqa: E402
 from protocol import LIVENESS_S  # noqa: E402
 
 
