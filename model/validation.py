@@ -76,7 +76,7 @@ class Validator:
         else:
             state.extra_meta.pop(PENDING)
             self.log(f"warning: the validation of step {step} was interrupted and its snapshot "
-                     f"{self.snapshot_path} is gone: step {step} has no validation loss")
+                     f"{self.snapshot_path} is gone or holds another step: step {step} has no validation loss")
 
     def poll(self, state, wait: bool = False) -> dict | None:
         """The finished validation's figures ({"step", "val_loss", "val_bits"}), else None.
