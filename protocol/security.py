@@ -142,12 +142,15 @@ class HandshakeWatch:
     coordinator key), and a mechanism mismatch (CurveZMQ on one side only)."""
 
     EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
 
     def __init__(self, curve: bool):
         self.curve = curve
         self.monitor = None
         self.undetailed_in_a_row = 0
+        # a connection that ends before any handshake event is a failure without detail too: libzmq
+        # reports a peer that hangs up mid-handshake one way or the other, depending on timing
+        self.handshake_seen = False
 
     def attach(self, socket: zmq.Socket) -> None:
         """Before the socket connects: a handshake that fails at once is seen too."""
@@ -158,14 +161,21 @@ class HandshakeWatch:
         reason = None
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            kind = event["event"]
+            if kind == zmq.EVENT_DISCONNECTED:
+                silent, self.handshake_seen = not self.handshake_seen, False
+                if not silent:
+                    continue            # a connection that had its handshake ended: not a refusal
+            else:
+                self.handshake_seen = True
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.undetailed_in_a_row = 0
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 reason = (f"the coordinator refused this key (ZAP status {event['value']}): add its public "
                           f"key to the coordinator's authorized/ folder, or use --key-name of an authorised client")
-            elif event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 reason = f"the handshake failed: {MISMATCH}"
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:    # the coordinator hung up
+            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_DISCONNECTED):   # it hung up
                 self.undetailed_in_a_row += 1
                 if self.undetailed_in_a_row >= FAILURES_BEFORE_GIVING_UP:
                     reason = (f"the CurveZMQ handshake failed: {WRONG_SERVER_KEY}" if self.curve
