@@ -105,20 +105,23 @@ class Validator:
                  f"at step {state.extra_meta['best_val_step']}")
         return result
 
-    def close(self) -> None:
-        """Stops a validation still running: a checkpoint written before keeps it PENDING."""
-        if self.process is not None and self.process.poll() is None:
+    def _stop(self) -> bool:
+        """Kills a validation still running; whether there was one."""
+        running = self.process is not None and self.process.poll() is None
+        if running:
             self.process.kill()
             self.process.wait()
-            self.log(f"validation of step {self.step} interrupted; the run validates it when it resumes")
         self.process = None
+        return running
+
+    def close(self) -> None:
+        """Stops a validation still running: a checkpoint written before keeps it PENDING."""
+        if self._stop():
+            self.log(f"validation of step {self.step} interrupted; the run validates it when it resumes")
 
     def abandon(self, state) -> None:
         """A validation of a step being undone (a rollback): stopped and forgotten."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+        self._stop()
         state.extra_meta.pop(PENDING, None)
 
 
