@@ -143,6 +143,33 @@ def load_recipe(path: str, parser: argparse.ArgumentParser) -> dict:
     return recipe
 
 
+# Besides Config's fields, the flags whose values change what a recipe's run ends with: what it
+# reads, how its chunks are batched (the bits depend on it), how long it trains, when it
+# validates (which checkpoint is best).
+RESULT_FLAGS = ("corpus", "workers", "steps", "epochs", "eval_every")
+
+
+def recipe_departures(args: argparse.Namespace, recipe_args: argparse.Namespace, meta: dict) -> list[str]:
+    """How a run differs from its recipe, in words: the flags given over the recipe's (args
+    against recipe_args, the recipe's parse of an empty command line) and the settings its
+    checkpoint (meta) was trained with, which a resumed run keeps whatever the flags say."""
+    from .config import RESOLVED_LATER
+    departures = []
+    for name in tuple(f.name for f in Config.fields()) + RESULT_FLAGS:
+        given, asked = getattr(args, name, None), getattr(recipe_args, name, None)
+        if given != asked:
+            departures.append(f"{flag(name)} {given} (recipe: {asked})")
+    recipe_config = config_from_args(recipe_args)
+    for field in Config.fields():
+        asked = getattr(recipe_config, field.name)
+        if RESOLVED_LATER.get(field.name) == asked:
+            continue        # the recipe leaves it to the run
+        trained = meta.get(field.name, field.default)
+        if trained != asked and not any(d.startswith(flag(field.name) + " ") for d in departures):
+            departures.append(f"checkpoint {field.name} {trained} (recipe: {asked})")
+    return departures
+
+
 def target_steps(steps: int | None, epochs: float | None, steps_per_epoch: int) -> int:
     """The step a run trains to: --steps, else --epochs (default DEFAULT_EPOCHS) in steps."""
     if steps is not None:

@@ -19,7 +19,7 @@ from model.checkpoint import CheckpointError, export_model, load_model, read_met
 from model.config import Config  # noqa: E402
 from model.cli import (Parser, RecipeError, add_training_arguments, load_recipe, non_negative_int, positive_float,
                        share, positive_int)  # noqa: E402
-from model.cli import target_steps  # noqa: E402
+from model.cli import recipe_departures, target_steps  # noqa: E402
 from model.savedir import check_paths  # noqa: E402
 from protocol import LIVENESS_S  # noqa: E402
 
@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def export_if_finished(args, out: str) -> int:
-    """After a recipe's run: the best validation checkpoint (else the last one) becomes `out`."""
+def export_if_finished(args, recipe_args, out: str) -> int:
+    """After a recipe's run: the best validation checkpoint (else the last one) becomes `out`,
+    unless the run is not the recipe's (flags over it, or a checkpoint trained otherwise): then
+    `out` is left as it is and a line says so."""
     try:
         meta, _ = load_model(os.path.join(args.save_dir, "checkpoint.npz"))
         target = target_steps(args.steps, args.epochs, int(meta["steps_per_epoch"]))
@@ -55,6 +57,12 @@ def export_if_finished(args, out: str) -> int:
             return 0
         best = os.path.join(args.save_dir, "best.npz")
         source = best if os.path.exists(best) else os.path.join(args.save_dir, "checkpoint.npz")
+        departures = recipe_departures(args, recipe_args, meta)
+        if departures:
+            print(f"not writing {out}: this run is not the recipe's ({'; '.join(departures)}); its model "
+                  f"is {source} (scripts/export.py --checkpoint {source} --out FILE writes a model-only file)",
+                  file=sys.stderr)
+            return 0
         exported = export_model(source, out)
     except (CheckpointError, OSError, KeyError) as error:
         print(f"error: could not export the recipe's model: {error}", file=sys.stderr)
@@ -82,7 +90,7 @@ def chunks_of_run(args) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    recipe = None
+    recipe = recipe_args = None
     known, _ = parser.parse_known_args(argv)
     if known.recipe:
         try:
@@ -90,6 +98,7 @@ def main(argv=None) -> int:
         except RecipeError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        recipe_args = parser.parse_args(["--recipe", known.recipe])
     args = parser.parse_args(argv)
     try:
         check_paths(args.corpus, args.save_dir)      # before any process starts
@@ -102,7 +111,7 @@ def main(argv=None) -> int:
         args.workers = chunks
     code = train_in_process(args) if args.workers == 0 else LocalCluster(args).run()
     if code == 0 and recipe and recipe.get("export"):
-        code = export_if_finished(args, recipe["export"])
+        code = export_if_finished(args, recipe_args, recipe["export"])
     return code
 
 

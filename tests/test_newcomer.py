@@ -151,3 +151,24 @@ def _started(process) -> bool:
     """The script is past its imports (it said which model it uses)."""
     import select
     return bool(select.select([process.stderr], [], [], 0)[0])
+
+
+def test_a_recipe_exports_only_its_own_run(tmp_path, small_corpus):
+    """A recipe's run writes its export; the same recipe with a flag over it, or resuming a
+    checkpoint trained otherwise, trains as asked but leaves the export alone and says why."""
+    import json
+    out = tmp_path / "shipped.npz"
+    flags = dict(corpus=str(small_corpus), save_dir=str(tmp_path / "run"), workers=0, steps=2, layers=2,
+                 hidden=16, chunks=6, seq_len=20, dtype="float64", val_fraction=0.2)
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"flags": flags, "export": str(out)}))
+
+    over = helpers.run_script("train_local.py", "--recipe", recipe, "--no-progress", "--dropout", "0.1")
+    assert not out.exists()
+    assert f"not writing {out}" in over.stderr and "--dropout 0.1 (recipe: None)" in over.stderr, over.stderr
+    # the flag is gone, but the checkpoint keeps its dropout: still not the recipe's run
+    again = helpers.run_script("train_local.py", "--recipe", recipe, "--no-progress", "--steps", "2")
+    assert not out.exists() and "checkpoint dropout 0.1 (recipe: 0.0)" in again.stderr, again.stderr
+
+    plain = helpers.run_script("train_local.py", "--recipe", recipe, "--no-progress", "--fresh")
+    assert out.exists() and f"wrote {out}" in plain.stderr, plain.stderr
