@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.wire import sum_tag
+from protocol.messages import wire_name
 from protocol.relay_auth import digest, new_key
 from .assembler import GradientAssembler
 
@@ -76,6 +78,16 @@ class RelayChain:
             return "a sum (prefix true) from a worker that is not the last of this step's relay chain"
         if not prefix and chain is not None and group in chain.groups and chain.active and chain.total is None:
             return f"its own gradient piece for chunks {list(group)}, which the relay chain sums, before `direct`"
+        return None
+
+    @staticmethod
+    def sum_dtype_problem(array: np.ndarray, config) -> str | None:
+        """Why a piece of a chain's sum is in the wrong dtype (SPEC.md 4.5), or None: summed or
+        rounded otherwise, it would not be the coordinator's own sum."""
+        expected = sum_tag(config)
+        allowed = (expected, np.dtype(config.dtype).str) if expected == "<f2" else (expected,)
+        if wire_name(array.dtype) not in allowed:
+            return f"a sum in {wire_name(array.dtype)}, where this run's relay chains sum in {expected}"
         return None
 
     def keep(self, token: int, step: int, group: tuple[int, ...], piece: int, array: np.ndarray) -> bool:

@@ -144,7 +144,8 @@ class ParameterServer:
         if token not in self.workers or flight is None or step != flight.step or group not in flight.owner:
             return PieceResult(False)
         chain = flight.chain
-        problem = RelayChain.piece_problem(chain, token, group, prefix)
+        problem = RelayChain.piece_problem(chain, token, group, prefix) or (
+            RelayChain.sum_dtype_problem(array, self.state.config) if prefix else None)
         if problem:                     # a sum from the wrong worker is answered (SPEC.md 4.5)
             return PieceResult(False, problem, answer=prefix)
         if prefix:

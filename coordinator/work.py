@@ -6,7 +6,7 @@ import numpy as np
 
 from model.corpus import Corpus
 from model.training import TrainState
-from model.wire import WIRE_TAGS, narrow
+from model.wire import WIRE_TAGS, narrow, sum_tag
 from protocol import Message
 
 
@@ -18,7 +18,8 @@ def work_message(state: TrainState, corpus: Corpus, token: int, step: int, group
     inputs, targets = corpus.window(state.step_in_epoch, chunk_ids)
     fields = {"token": token, "step": step, "chunks": chunk_ids, "dropout": config.dropout, "seed": config.seed,
               "weight_drop": config.weight_drop,
-              "wire": WIRE_TAGS[config.wire_dtype] or np.dtype(config.dtype).str, **links}
+              "wire": WIRE_TAGS[config.wire_dtype] or np.dtype(config.dtype).str, "sum_wire": sum_tag(config),
+              **links}
     return Message("work", fields, {"h": state.chunk_h[:, chunk_ids], "c": state.chunk_c[:, chunk_ids],
                                     "inputs": inputs, "targets": targets})
 

@@ -14,6 +14,7 @@ from .wire import WIRE_TAGS
 DTYPES = ("float32", "float64")
 RECURRENT_FORMS = ("auto", "blocks", "single")
 WIRE_DTYPES = tuple(WIRE_TAGS)     # the run setting's names; model/wire.py maps them to the protocol's
+CHAIN_SUMS = ("run", "wire")
 
 # Fields that fix the shape of the parameters or of the data; a resumed run may not change them.
 ARCHITECTURE_FIELDS = ("layers", "hidden", "seq_len", "chunks", "chunk_len", "val_fraction", "dtype")
@@ -71,6 +72,11 @@ class Config:
         PIECE_ELEMENTS, "the most elements in one piece of the parameters and gradients on the wire "
         "(protocol/SPEC.md 4.4): each hop of a relay chain waits for one piece, so smaller pieces "
         "shorten long chains, at the cost of more messages; changes no bit of the results")
+    chain_sums: str = _field(
+        "run", "what a relay chain's sums travel in: 'run' (the run's dtype: the chain adds exactly as the "
+        "coordinator would) or 'wire' (with a narrow --wire-dtype, half the bytes back: every partial sum "
+        "rounded to the wire dtype before the next gradient is added; the coordinator rounds its own sum "
+        "alike, so the bits never depend on whether a step went by a chain)", CHAIN_SUMS)
 
     def __post_init__(self) -> None:
         wrong = [f"{f.name} must be {type(f.default).__name__} (got {type(getattr(self, f.name)).__name__})"
@@ -99,7 +105,7 @@ class Config:
             problems.append(f"need piece_elements >= 1 (got {self.piece_elements})")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"need 0 <= ema_decay < 1 (got {self.ema_decay})")
-        for name in ("dtype", "recurrent_form", "wire_dtype"):
+        for name in ("dtype", "recurrent_form", "wire_dtype", "chain_sums"):
             choices = self.choices(name)
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {choices} (got {getattr(self, name)!r})")

@@ -13,7 +13,7 @@ from .corpus import Corpus
 from .optim import RMSprop
 from .rewind import Rewind
 from .training import ChunkGradients, Contribution, TrainState
-from .wire import wire_round
+from .wire import wire_round, wire_sum
 
 
 @dataclass
@@ -64,7 +64,8 @@ class InProcessSource:
 
 def apply_step(state: TrainState, optimizer: RMSprop, gathered: Gathered,
                new_params: np.ndarray, average: ParamAverage | None = None) -> tuple[float, float]:
-    """Sums the gathered gradients in their given order (never arrival order), clips, applies
+    """Sums the gathered gradients in their given order (never arrival order; with chain_sums
+    'wire', rounding each partial sum as a relay chain does), clips, applies
     RMSprop into new_params, keeps the chunks' new states and, with an average, moves it toward
     the new parameters. Returns (mean loss, grad norm)."""
     contributions = gathered.contributions
@@ -76,8 +77,11 @@ def apply_step(state: TrainState, optimizer: RMSprop, gathered: Gathered,
         chunk_h[:, list(group)] = contributions[group].h
         chunk_c[:, list(group)] = contributions[group].c
     loss = sum(contributions[g].loss for g in groups) / state.predictions_per_step
-    norm = optimizer.step(state.params, gathered.gradients,
-                          state.predictions_per_step, state.config.lr_at(state.epoch), out=new_params)
+    config, gradients = state.config, gathered.gradients
+    if config.chain_sums == "wire" and config.wire_dtype != "exact" and len(gradients) > 1:      # as a chain of them would add them
+        gradients = [wire_sum(gradients, config.wire_dtype, state.layout.pieces)]
+    norm = optimizer.step(state.params, gradients, state.predictions_per_step, config.lr_at(state.epoch),
+                          out=new_params)
     state.advance(new_params, chunk_h, chunk_c)
     if average is not None and state.average is not None:
         average.update(state.average, state.params)

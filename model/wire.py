@@ -49,3 +49,36 @@ def wire_round(array: np.ndarray, wire_dtype: str, pieces=None) -> np.ndarray:
     if pieces is None:
         return widen(narrow(array, wire_dtype), array.dtype)
     return np.concatenate([wire_round(array[start:stop], wire_dtype) for start, stop in pieces])
+
+
+def sum_tag(config) -> str:
+    """The protocol's name of the dtype a relay chain's sums travel in (Config.chain_sums)."""
+    narrow_tag = WIRE_TAGS[config.wire_dtype]
+    return narrow_tag if config.chain_sums == "wire" and narrow_tag else np.dtype(config.dtype).str
+
+
+def round_to_wire_(array: np.ndarray, wire_dtype: str, pieces) -> None:
+    """In place, what `wire_round(array, wire_dtype, pieces)` returns."""
+    if wire_dtype == "exact":
+        return
+    if wire_dtype == "bfloat16" and array.dtype == np.float32 and array.flags.c_contiguous:
+        bits = array.view(np.uint32)           # narrow()'s rounding, without the uint16 copy
+        kept = bits >> 16
+        kept &= 1
+        kept += 0x7FFF
+        bits += kept
+        bits &= 0xFFFF0000
+        return
+    for start, stop in pieces:
+        array[start:stop] = wire_round(array[start:stop], wire_dtype)
+
+
+def wire_sum(grads: list[np.ndarray], wire_dtype: str, pieces) -> np.ndarray:
+    """Gradients added in the order given as a relay chain with Config.chain_sums 'wire' adds
+    them: each partial sum rounded, piece by piece, to what the wire carries, before the next
+    is added. grads are as they arrived (already rounded); a new array."""
+    total = grads[0].copy()
+    for grad in grads[1:]:
+        total += grad
+        round_to_wire_(total, wire_dtype, pieces)
+    return total

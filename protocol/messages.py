@@ -1,4 +1,4 @@
-"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/5 (SPEC.md, sections 3-4)."""
+"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/6 (SPEC.md, sections 3-4)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-SIGNATURE = b"CLSTM/5"
+SIGNATURE = b"CLSTM/6"
 MAX_HEADER_BYTES = 64 * 1024
 # Containers nested in a header, the header map itself counted: `shapes` (map > list > list) is the
 # deepest the protocol needs. Anything deeper is refused before any field is looked at, so nothing
@@ -63,7 +63,7 @@ SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
                  "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES, "pieces": SIZES}, {}),
     "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE, "weight_drop": FRACTION,
-              "params_to": RELAY, "sum_from": BOOL, "sum_to": RELAY,
+              "sum_wire": WIRE, "params_to": RELAY, "sum_from": BOOL, "sum_to": RELAY,
               "params_digests": HEXES, "sum_key_in": HEX, "sum_key_out": HEX},
              {"h": ("float", STATE), "c": ("float", STATE),
               "inputs": ("index", ("B", "T")), "targets": ("index", ("B", "T"))}),

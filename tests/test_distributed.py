@@ -151,3 +151,19 @@ def test_a_narrow_wire_rounds_alike_in_process_and_over_the_network(corpus, tmp_
           f"vs the exact wire {relative(results[0], helpers.params_of(exact)):.1e}")
     assert relative(results[3], results[0]) < 1e-2            # a few bfloat16 roundings apart
     assert relative(results[0], helpers.params_of(exact)) > 1e-6
+
+
+@pytest.mark.timeout(240)
+def test_sums_on_a_narrow_wire_end_on_the_same_bits_by_chain_or_direct(corpus, tmp_path):
+    """--chain-sums wire: 3 workers relaying their sums in bfloat16 along a chain, against the
+    same run with every worker sending direct (the coordinator then rounds its own sum alike)."""
+    chained, direct = str(tmp_path / "chained"), str(tmp_path / "direct")
+    flags = ("--chunks", "7", "--wire-dtype", "bfloat16", "--chain-sums", "wire")
+    for save_dir, worker_flags in ((chained, ()), (direct, ("--no-relay",))):
+        helpers.run_cluster(corpus, save_dir, 6, 3, flags, worker_flags)
+    assert sum(m["relayed"] for m in helpers.metrics(chained)) >= 2
+    assert sum(m["relayed"] for m in helpers.metrics(direct)) == 0
+    np.testing.assert_array_equal(helpers.params_of(chained), helpers.params_of(direct))
+    plain = str(tmp_path / "plain")             # the rounding is there: sums in float32 end elsewhere
+    helpers.run_cluster(corpus, plain, 6, 3, flags[:4], ("--no-relay",))
+    assert not np.array_equal(helpers.params_of(plain), helpers.params_of(direct))

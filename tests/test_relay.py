@@ -11,7 +11,7 @@ from coordinator.server import ParameterServer
 from model.config import Config
 from model.corpus import make_corpus
 from model.training import Contribution, new_state
-from model.wire import widen
+from model.wire import widen, wire_sum
 from coordinator.chain import SendDirect, SendParams
 from protocol import Message
 from worker.chain import COORDINATOR, ChainSums
@@ -75,12 +75,16 @@ def test_a_chain_plan_links_the_groups_in_ascending_order():
     assert curve.in_flight.chain is None
 
 
-@pytest.mark.parametrize("dtype, wire", [("float32", "exact"), ("float64", "exact"), ("float32", "bfloat16")])
-def test_the_chain_s_sum_is_bit_for_bit_the_coordinator_s(dtype, wire):
-    _, config, server, tokens = chain_server(dtype=dtype, wire_dtype=wire)
+@pytest.mark.parametrize("dtype, wire, sums", [("float32", "exact", "run"), ("float64", "exact", "run"),
+                                               ("float32", "bfloat16", "run"), ("float32", "bfloat16", "wire"),
+                                               ("float64", "bfloat16", "wire"), ("float32", "float16", "wire")])
+def test_the_chain_s_sum_is_bit_for_bit_the_coordinator_s(dtype, wire, sums):
+    """The chain's sum against the coordinator's own sum of the same gradients sent direct; with
+    sums on the wire, both round every partial sum (SPEC.md 4.5) and the sums travel narrow."""
+    _, config, server, tokens = chain_server(dtype=dtype, wire_dtype=wire, chain_sums=sums)
     computer = WorkerCompute(config.to_dict(), server.state.vocab)
     items = server.start_step()
-    answered, sums = run_chain(server, items, computer, np.dtype(dtype))
+    answered, sums_sent = run_chain(server, items, computer, np.dtype(dtype))
     last_token = server.in_flight.chain.tokens[-1]
     for item in items:
         _, _, push = answered[item.group]
@@ -88,7 +92,7 @@ def test_the_chain_s_sum_is_bit_for_bit_the_coordinator_s(dtype, wire):
                                        helpers.contribution_of(push), 1.0)
         assert status == "accepted"          # a chained push needs no gradient of its own
     assert not server.in_flight.complete
-    for message in sums:
+    for message in sums_sent:
         assert server.accept_piece(last_token, 1, tuple(message["chunks"]), message["piece"],
                                    message.arrays["grad"], prefix=True)
     assert server.in_flight.complete
@@ -98,11 +102,15 @@ def test_the_chain_s_sum_is_bit_for_bit_the_coordinator_s(dtype, wire):
     for group, (_, grads, _) in answered.items():
         direct[group] = np.concatenate([widen(m.arrays["grad"], dtype) for m in sorted(grads, key=lambda m: m["piece"])])
     groups = sorted(chained)
-    expected = direct[groups[0]].copy()
-    for group in groups[1:]:
-        expected += direct[group]            # the coordinator's own order: ascending chunks
+    gradients = [direct[group] for group in groups]      # the coordinator's own order: ascending chunks
+    expected = wire_sum(gradients, wire, server.state.layout.pieces) if sums == "wire" else sum(
+        gradients[1:], gradients[0].copy())
     (total,) = collected.gradients
     assert total.dtype == np.dtype(dtype) and np.array_equal(total, expected)
+    narrow_sums = sums == "wire" and wire != "exact"
+    assert all((m.arrays["grad"].dtype.itemsize == 2) == narrow_sums for m in sums_sent)
+    if narrow_sums:             # the rounding matters: a plain sum differs
+        assert not np.array_equal(total, sum(gradients[1:], gradients[0].copy()))
 
 
 def test_a_chain_is_abandoned_when_a_member_dies_and_the_step_still_completes():
@@ -178,7 +186,7 @@ def test_a_chain_s_sum_stands_for_its_groups_and_a_step_without_every_gradient_i
 
 
 def test_a_direct_order_sends_every_own_piece_to_the_coordinator_once():
-    work = Message("work", {"token": 1, "step": 0, "chunks": [3, 4], "dropout": 0.0, "seed": 1, "wire": "<f4", "weight_drop": 0.0,
+    work = Message("work", {"token": 1, "step": 0, "chunks": [3, 4], "dropout": 0.0, "seed": 1, "wire": "<f4", "weight_drop": 0.0, "sum_wire": "<f4",
                             "params_to": "", "sum_from": True, "sum_to": "tcp://10.0.0.9:1", "params_digests": [],
                             "sum_key_in": "01" * 32, "sum_key_out": "02" * 32}, {})
     chain = ChainSums(work, np.float32, None)
@@ -287,3 +295,16 @@ def test_the_links_of_a_chain_carry_what_its_relayed_inputs_are_checked_against(
     server.in_flight = None
     server.start_step()                                      # the next step: fresh keys
     assert server.work_out(items[1]).message["sum_key_in"] not in (fields[1]["sum_key_in"], "")
+
+
+def test_a_sum_in_another_dtype_than_the_run_s_chain_sums_is_refused():
+    """A float32 sum in a run whose chains sum in bfloat16 (or the reverse) would not be the
+    coordinator's own sum: the coordinator refuses it with an answer (SPEC.md 4.5)."""
+    for sums, sent_dtype in (("wire", np.float32), ("run", np.uint16)):
+        _, config, server, tokens = chain_server(wire_dtype="bfloat16", chain_sums=sums)
+        server.start_step()
+        chain = server.in_flight.chain
+        group, token = chain.groups[-1], chain.tokens[-1]
+        size = server.state.layout.pieces[0][1]
+        result = server.accept_piece(token, 1, group, 0, np.zeros(size, sent_dtype), prefix=True)
+        assert not result and result.answer and "relay chains sum in" in result.refusal, result

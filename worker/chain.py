@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.wire import widen
+from model.wire import narrow, widen, wire_dtype_of
 from protocol import Message
 from protocol.relay_auth import digest, same, sum_mac
 
@@ -20,6 +20,7 @@ class ChainSums:
         self.key_in, self.key_out = work["sum_key_in"], work["sum_key_out"]     # the links' keys (SPEC.md 4.5)
         self.in_chain = self.sum_from or bool(self.sum_to)
         self.dtype = np.dtype(dtype)
+        self.sum_wire = wire_dtype_of(work["sum_wire"])  # what a sum this worker adds travels in
         self.grad_out = grad_out            # own pieces of the exact wire are views of it: kept with them
         self.trackers: list = []            # sends of views of grad_out
         self.own: dict[int, np.ndarray] = {}        # piece -> own gradient piece, as it travels
@@ -59,8 +60,9 @@ class ChainSums:
             return []
         self.summed.add(piece)
         total = self.own[piece]
-        if self.sum_from:           # in the run's dtype, earlier groups first: the coordinator's own order
+        if self.sum_from:           # in the run's dtype, earlier groups first: the coordinator's own order,
             total = np.add(widen(self.before[piece], self.dtype), widen(self.own[piece], self.dtype))
+            total = narrow(total, self.sum_wire)        # rounded as the coordinator rounds (SPEC.md 4.5)
         self.sent[piece] = total
         return [(self.sum_to, self._grad(piece, total, True, to_relay=self.sum_to != COORDINATOR))]
 
