@@ -14,10 +14,13 @@ CHECK_S_PER_BYTE = 0.69e-3 / 2 ** 20
 
 
 def step_s(workers: int, link_bytes_per_s: float, wire_bytes: float, compute_s: float, update_s: float,
-           layer0_share: float, piece_bytes: float | None = None, check_s_per_byte: float = CHECK_S_PER_BYTE) -> float:
+           layer0_share: float, piece_bytes: float | None = None, check_s_per_byte: float = CHECK_S_PER_BYTE,
+           back_bytes: float | None = None) -> float:
     """Seconds per step, the transfers overlapped with compute as far as the pieces allow.
 
-    wire_bytes: the parameter vector on the wire; layer0_share: layer 0's share of it.
+    wire_bytes: the parameter vector on the wire; layer0_share: layer 0's share of it;
+    back_bytes: the gradient (or a chain's sum) on its way back, if not wire_bytes (a narrow
+    wire's chain sums in the run's dtype: twice as many).
     piece_bytes None: every worker gets its parameters from the coordinator and sends it its
     gradient (N copies through the coordinator's link); else a relay chain carries them in
     pieces of that size (one copy per link; out, a piece's time and its check per hop)."""
@@ -36,8 +39,9 @@ def step_s(workers: int, link_bytes_per_s: float, wire_bytes: float, compute_s: 
         # a sum's second check per hop (the MAC in and out, against one digest out) is not hidden
         return size / link_bytes_per_s + hops * piece_bytes * check_s_per_byte
 
+    back_bytes = wire_bytes if back_bytes is None else back_bytes
     layer0_s, all_s = out_s(wire_bytes * layer0_share), out_s(wire_bytes)
     forward0_s, backward0_s = LAYER0_FORWARD_SHARE * compute_s, LAYER0_BACKWARD_SHARE * compute_s
     computed = max(layer0_s + forward0_s, all_s) + compute_s - forward0_s
-    top_in = computed - backward0_s + back_s(wire_bytes * (1 - layer0_share))   # while layer 0's backward runs
-    return max(computed, top_in) + back_s(wire_bytes * layer0_share) + update_s
+    top_in = computed - backward0_s + back_s(back_bytes * (1 - layer0_share))   # while layer 0's backward runs
+    return max(computed, top_in) + back_s(back_bytes * layer0_share) + update_s

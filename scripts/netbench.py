@@ -28,7 +28,7 @@ import time
 import _paths
 from _netlab import Lab, LabError, bytes_per_s, check_can_build, check_rate
 from _emulation import Emulation, group_sizes, measure_compute_times
-from _netmodel import step_s as model_step_s
+from _netmodel import CHECK_S_PER_BYTE, step_s as model_step_s
 from model.cli import Parser
 
 DEFAULT_CORPUS = os.path.join(_paths.SAVES, "tinyshakespeare.txt")
@@ -86,7 +86,7 @@ def run_configuration(rates: list[str], args, model_flags: list[str], keyed: boo
         steps = args.warmup + args.steps
         figures["coordinator_link_mb_per_step"] = {"in": (after[0] - before[0]) / steps / 1e6,
                                                    "out": (after[1] - before[1]) / steps / 1e6}
-        figures["params_digest"], figures["layer0_share"], figures["pieces"] = params_digest(save_dir)
+        figures.update(params_digest(save_dir))
         return figures
 
 
@@ -147,26 +147,35 @@ def phases(save_dir: str, warmup: int) -> dict:
     return figures
 
 
-def params_digest(save_dir: str) -> tuple[str, float, int]:
-    """A digest of the final parameters; for the model, layer 0's share of them and the
-    number of pieces they travel in."""
+def params_digest(save_dir: str) -> dict:
+    """A digest of the final parameters; for the model, layer 0's share of them, the number of
+    pieces they travel in, and the bytes of the parameters and of a chain's sum on the wire."""
     from model.checkpoint import load_state
+    import numpy as np
+    from model.wire import WIRE_TAGS, sum_tag
     state = load_state(os.path.join(save_dir, "checkpoint.npz"))
-    start, stop = state.layout.layer_spans[0]
-    return (hashlib.sha256(state.params.tobytes()).hexdigest()[:12], (stop - start) / state.layout.total,
-            len(state.layout.pieces))
+    config, layout = state.config, state.layout
+    start, stop = layout.layer_spans[0]
+    run_bytes = np.dtype(config.dtype).itemsize
+    return {"params_digest": hashlib.sha256(state.params.tobytes()).hexdigest()[:12],
+            "layer0_share": (stop - start) / layout.total, "pieces": len(layout.pieces),
+            "wire_bytes": layout.total * (2 if WIRE_TAGS[config.wire_dtype] else run_bytes),
+            "sum_bytes": layout.total * (2 if sum_tag(config) in WIRE_TAGS.values() else run_bytes)}
 
 
-def predicted(rate: str, workers: int, figures: dict, unshaped: dict | None) -> float | None:
+def predicted(rate: str, workers: int, figures: dict, unshaped: dict | None, dilation: float = 0) -> float | None:
     """The scaling model's step for a shaped configuration, from the compute and update measured
-    unshaped with as many workers (the shaped run's own compute includes the transfers' cost)."""
+    unshaped with as many workers (the shaped run's own compute includes the transfers' cost).
+    The bytes are the parameter vector's on the wire (the link's own count also holds the first
+    step's, which goes without a chain); an emulation's checks run at full speed, 1/K of its time."""
     if rate == "none" or unshaped is None:
         return None
     relayed, timed = figures["relayed_steps"].split("/")
     chain = workers > 1 and relayed == timed          # else every copy went through the coordinator
-    wire_bytes = figures["coordinator_link_mb_per_step"]["out"] * 1e6 / (1 if chain else workers)
+    wire_bytes = figures["wire_bytes"]
     return model_step_s(workers, bytes_per_s(rate), wire_bytes, unshaped["compute_s"], unshaped["update_s"],
-                        figures["layer0_share"], wire_bytes / figures["pieces"] if chain else None)
+                        figures["layer0_share"], wire_bytes / figures["pieces"] if chain else None,
+                        CHECK_S_PER_BYTE / (dilation or 1), figures["sum_bytes"] if chain else wire_bytes)
 
 
 def configurations(args) -> list[tuple[str, list[str], bool]]:
@@ -236,7 +245,7 @@ def main(argv=None) -> int:
             workers = len(rates) - 1
             if len(set(rates)) == 1:        # every link alike: what the scaling model expects
                 unshaped = results.get(f"none x{workers}" + (" curve" if keyed else ""))
-                figures["model_step_s"] = predicted(rates[0], workers, figures, unshaped)
+                figures["model_step_s"] = predicted(rates[0], workers, figures, unshaped, args.dilation)
             if not args.json:
                 print_row(label, figures)
     except KeyboardInterrupt:

@@ -58,6 +58,9 @@ def test_the_scaling_model_charges_only_the_traffic_compute_cannot_hide():
     # 25 workers: the hops out grow with the piece, the way back does not
     small, large = (step_s(25, 125e6, 13.5e6, 0.086, 0.001, 0.357, b, 0) for b in (0.25e6, 1e6))
     assert large - small == pytest.approx(24 * 0.75e6 / 125e6)
+    # a narrow wire whose chain sums travel in the run's dtype: twice the bytes back, not out
+    narrow, sums_wide = (step_s(25, 125e6, 6.75e6, 0.086, 0.001, 0.357, 0.5e6, 0, back) for back in (None, 13.5e6))
+    assert sums_wide - narrow == pytest.approx(6.75e6 / 125e6)
     assert _netlab.bytes_per_s("1gbit") == 125e6 and _netlab.bytes_per_s("100mbit") == 12.5e6
 
 
