@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.training import Contribution, TrainState
-from model.wire import round_to_wire_, sum_tag
+from model.wire import narrow_sums, round_to_wire_
 from protocol.relay_auth import digest
 from .audit import REFEREE, StepAudit
 from .referee import Referee, difference
@@ -92,11 +92,11 @@ class Judge:
                 flight.received[g].grad is None or t not in audit.sums for g, t in members):
             return              # a member left, or did not answer (checks.py names the one that did not)
         prefixes, total = [], None
-        narrow_sums = sum_tag(state.config) != np.dtype(state.config.dtype).str
+        rounded = narrow_sums(state.config)
         for group, _ in members:
             own = flight.received[group].grad
             total = own.copy() if total is None else np.add(total, own)
-            if narrow_sums and prefixes:           # rounded at each link, as the chain does
+            if rounded and prefixes:           # rounded at each link, as the chain does
                 round_to_wire_(total, state.config.wire_dtype, self.pieces)
             prefixes.append(total)
         if np.array_equal(total, flight.chain.total):

@@ -13,7 +13,7 @@ from .corpus import Corpus
 from .optim import RMSprop
 from .rewind import Rewind
 from .training import ChunkGradients, Contribution, TrainState
-from .wire import wire_round, wire_sum
+from .wire import narrow_sums, wire_round, wire_sum
 
 
 @dataclass
@@ -78,7 +78,7 @@ def apply_step(state: TrainState, optimizer: RMSprop, gathered: Gathered,
         chunk_c[:, list(group)] = contributions[group].c
     loss = sum(contributions[g].loss for g in groups) / state.predictions_per_step
     config, gradients = state.config, gathered.gradients
-    if config.chain_sums == "wire" and config.wire_dtype != "exact" and len(gradients) > 1:      # as a chain of them would add them
+    if narrow_sums(config) and len(gradients) > 1:      # as a relay chain of them adds them
         gradients = [wire_sum(gradients, config.wire_dtype, state.layout.pieces)]
     norm = optimizer.step(state.params, gradients, state.predictions_per_step, config.lr_at(state.epoch),
                           out=new_params)

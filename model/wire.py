@@ -51,10 +51,15 @@ def wire_round(array: np.ndarray, wire_dtype: str, pieces=None) -> np.ndarray:
     return np.concatenate([wire_round(array[start:stop], wire_dtype) for start, stop in pieces])
 
 
+def narrow_sums(config) -> bool:
+    """Whether a run's chain sums travel narrow, rounded at every partial sum (Config.chain_sums
+    'wire' with a narrow wire dtype); the coordinator then rounds its own sums alike."""
+    return config.chain_sums == "wire" and WIRE_TAGS[config.wire_dtype] is not None
+
+
 def sum_tag(config) -> str:
-    """The protocol's name of the dtype a relay chain's sums travel in (Config.chain_sums)."""
-    narrow_tag = WIRE_TAGS[config.wire_dtype]
-    return narrow_tag if config.chain_sums == "wire" and narrow_tag else np.dtype(config.dtype).str
+    """The protocol's name of the dtype a relay chain's sums travel in (SPEC.md 4.5)."""
+    return WIRE_TAGS[config.wire_dtype] if narrow_sums(config) else np.dtype(config.dtype).str
 
 
 def round_to_wire_(array: np.ndarray, wire_dtype: str, pieces) -> None:

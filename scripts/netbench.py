@@ -152,7 +152,7 @@ def params_digest(save_dir: str) -> dict:
     pieces they travel in, and the bytes of the parameters and of a chain's sum on the wire."""
     from model.checkpoint import load_state
     import numpy as np
-    from model.wire import WIRE_TAGS, sum_tag
+    from model.wire import WIRE_TAGS, narrow_sums
     state = load_state(os.path.join(save_dir, "checkpoint.npz"))
     config, layout = state.config, state.layout
     start, stop = layout.layer_spans[0]
@@ -160,7 +160,7 @@ def params_digest(save_dir: str) -> dict:
     return {"params_digest": hashlib.sha256(state.params.tobytes()).hexdigest()[:12],
             "layer0_share": (stop - start) / layout.total, "pieces": len(layout.pieces),
             "wire_bytes": layout.total * (2 if WIRE_TAGS[config.wire_dtype] else run_bytes),
-            "sum_bytes": layout.total * (2 if sum_tag(config) in WIRE_TAGS.values() else run_bytes)}
+            "sum_bytes": layout.total * (2 if narrow_sums(config) else run_bytes)}
 
 
 def predicted(rate: str, workers: int, figures: dict, unshaped: dict | None, dilation: float = 0) -> float | None:

@@ -156,13 +156,17 @@ def test_a_narrow_wire_rounds_alike_in_process_and_over_the_network(corpus, tmp_
 @pytest.mark.timeout(240)
 def test_sums_on_a_narrow_wire_end_on_the_same_bits_by_chain_or_direct(corpus, tmp_path):
     """--chain-sums wire: 3 workers relaying their sums in bfloat16 along a chain, against the
-    same run with every worker sending direct (the coordinator then rounds its own sum alike)."""
+    same run with every worker sending direct (the coordinator then rounds its own sum alike).
+    Every step of the chained run is audited: the chain's sum checked as it adds (SPEC.md 5.7)."""
     chained, direct = str(tmp_path / "chained"), str(tmp_path / "direct")
     flags = ("--chunks", "7", "--wire-dtype", "bfloat16", "--chain-sums", "wire")
-    for save_dir, worker_flags in ((chained, ()), (direct, ("--no-relay",))):
-        helpers.run_cluster(corpus, save_dir, 6, 3, flags, worker_flags)
+    for save_dir, coordinator_flags, worker_flags in ((chained, ("--audit-share", "1"), ()),
+                                                      (direct, (), ("--no-relay",))):
+        helpers.run_cluster(corpus, save_dir, 6, 3, flags + coordinator_flags, worker_flags)
     assert sum(m["relayed"] for m in helpers.metrics(chained)) >= 2
     assert sum(m["relayed"] for m in helpers.metrics(direct)) == 0
+    log = open(os.path.join(chained, "coordinator.log")).read()
+    assert "audits: 6 run (0 called by the guard), 0 failed" in log, log[-2000:]
     np.testing.assert_array_equal(helpers.params_of(chained), helpers.params_of(direct))
     plain = str(tmp_path / "plain")             # the rounding is there: sums in float32 end elsewhere
     helpers.run_cluster(corpus, plain, 6, 3, flags[:4], ("--no-relay",))
