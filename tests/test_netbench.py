@@ -31,7 +31,7 @@ def test_configurations_put_the_slow_link_on_the_last_worker():
     assert [(label, curve) for label, _, curve in keyed] == [("1gbit x2", False), ("1gbit x2 curve", True)]
 
 
-@pytest.mark.parametrize("rate, burst", [("1gbit", "1250000b"), ("100mbit", "125000b"), ("1mbit", "65536b")])
+@pytest.mark.parametrize("rate, burst", [("1gbit", "1250000b"), ("100mbit", "262144b"), ("1mbit", "262144b")])
 def test_the_token_bucket_holds_at_least_a_tick_of_traffic(rate, burst):
     assert _netlab._burst(rate) == burst
 
