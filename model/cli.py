@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .config import Config
+from .config import RESOLVED_LATER, Config
 
 TYPES = {"int": int, "float": float, "str": str}
 DEFAULT_EPOCHS = 50
@@ -153,7 +153,6 @@ def recipe_departures(args: argparse.Namespace, recipe_args: argparse.Namespace,
     """How a run differs from its recipe, in words: the flags given over the recipe's (args
     against recipe_args, the recipe's parse of an empty command line) and the settings its
     checkpoint (meta) was trained with, which a resumed run keeps whatever the flags say."""
-    from .config import RESOLVED_LATER
     departures = []
     for name in tuple(f.name for f in Config.fields()) + RESULT_FLAGS:
         given, asked = getattr(args, name, None), getattr(recipe_args, name, None)
