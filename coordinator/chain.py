@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.wire import sum_tag
-from protocol.messages import wire_name
+from protocol.checks import wire_name
 from protocol.relay_auth import digest, new_key
 from .assembler import GradientAssembler
 

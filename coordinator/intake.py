@@ -7,7 +7,8 @@ import time
 
 from model.training import Contribution
 from protocol import Message
-from protocol.messages import MAX_REFUSED_PUSHES, ProtocolError, reference_of
+from protocol.checks import reference_of
+from protocol.schema import MAX_REFUSED_PUSHES, ProtocolError
 from protocol.transport import relay_endpoint_problem
 from .audit import Auditor
 from .sender import Sender

@@ -26,7 +26,7 @@ from model.rewind import Rewind
 from model.step import Gathered
 from model.training import TrainState, shape_sizes
 from protocol import HEARTBEAT_S, LIVENESS_S
-from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES
+from protocol.schema import DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES
 from protocol.security import ServerHandshakeWatch
 from protocol.transport import RateLimitedLog, SendBuffers, bind_router, drain, log_line, peak_rss_mb, poll
 from .audit import AUDIT_SHARE

@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 
-from .messages import wire_name
+from .checks import wire_name
 
 KEY_BYTES = 32
 SUM_CONTEXT = b"CLSTM/4 sum"

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import zmq
 
-from .messages import DEFAULT_MAX_MESSAGE_BYTES, Message, ProtocolError, decode, encode
+from .messages import decode, encode
+from .schema import DEFAULT_MAX_MESSAGE_BYTES, Message, ProtocolError
 
 
 def log_line(text: str) -> None:
