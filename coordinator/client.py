@@ -28,7 +28,10 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
         context.term()
         raise
     try:
-        send(socket, Message("pull"))
+        try:        # never blocks: a connection a failed handshake ended takes nothing, and
+            send(socket, Message("pull"), drop_if_busy=True)      # the loop below says why
+        except zmq.Again:
+            pass
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             refusal = handshakes.refusal()

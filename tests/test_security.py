@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+import time
 
 import pytest
 import zmq
@@ -168,3 +169,74 @@ def test_a_nested_header_from_an_authorised_key_is_dropped_and_the_coordinator_s
         context.term()
     meta, _ = pull_model(endpoint, 10, CurveClient(keys, "sampler"))
     assert coordinator.poll() is None and meta["step"] == 0
+
+
+@pytest.fixture
+def curve_listener():
+    """A bare CurveZMQ ROUTER: every plain-text handshake with it fails on the mechanism."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    public, secret = zmq.curve_keypair()
+    router.curve_server, router.curve_publickey, router.curve_secretkey = True, public, secret
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    yield f"tcp://127.0.0.1:{port}"
+    router.close(linger=0)
+    context.term()
+
+
+def connected_too_late(real_connect):
+    """connect_dealer as a process slowed down by a loaded machine sees it: by its first send the
+    failed handshake has already ended its only connection, and libzmq blocks a send for good.
+    (Some failed handshakes leave the connection queueing instead; then it connects again.)"""
+    def connect(context, endpoint, curve_client=None, before_connect=None):
+        for _ in range(20):
+            socket = real_connect(context, endpoint, curve_client, before_connect)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:
+                    socket.send(b"", zmq.NOBLOCK)     # queued on a connection that will not last, or Again
+                except zmq.Again:
+                    return socket
+                time.sleep(0.02)
+            getattr(before_connect, "__self__", None) and before_connect.__self__.close()
+            socket.close(linger=0)
+        raise AssertionError("libzmq never dropped a refused connection in 20 tries")
+    return connect
+
+
+def finishes(call, within_s: float = 15) -> list:
+    """[what call returned or raised], or [] when it is still blocked after within_s."""
+    import threading
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except Exception as error:      # noqa: BLE001 - the test looks at what it was
+            outcome.append(error)
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(within_s)
+    return outcome
+
+
+def test_a_client_whose_refused_connection_is_gone_before_it_sends_still_says_why(curve_listener, monkeypatch):
+    import coordinator.client as client
+    monkeypatch.setattr(client, "connect_dealer", connected_too_late(client.connect_dealer))
+    outcome = finishes(lambda: pull_model(curve_listener, 5))   # before the fix: blocked in its send for good
+    assert len(outcome) == 1 and isinstance(outcome[0], PullError), outcome
+    assert "one side runs with --curve-keys and the other without" in str(outcome[0])
+
+
+def test_a_worker_whose_refused_connection_is_gone_before_it_registers_still_says_why(curve_listener, monkeypatch):
+    import worker.session as session_module
+    from worker.reconnect import WorkerMath, WorkerSettings
+    monkeypatch.setattr(session_module, "connect_dealer", connected_too_late(session_module.connect_dealer))
+    context, lines = zmq.Context(), []
+    session = session_module.Session(WorkerSettings(curve_listener, "late", relaying=False), context, WorkerMath(),
+                                     1.0, 5.0, log=lines.append, reject_log=lines.append, stopping=lambda: False)
+    outcome = finishes(session.run)     # before the fix its `register` blocked for good: a silent hang
+    assert outcome == ["refused"], lines
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and "one side runs with --curve-keys and the other without" in errors[0]
+    context.term()

@@ -91,7 +91,13 @@ class Session:
                                            "arithmetic": arithmetic()}))
 
     def transmit(self, message: Message, track: bool = False) -> zmq.MessageTracker | None:
-        tracker = send(self.socket, message, track=track)
+        """Never blocks: after a failed handshake libzmq leaves no connection to queue on, and the
+        loop must go on to hear why (the handshake watch) or give up (liveness)."""
+        try:
+            tracker = send(self.socket, message, track=track, drop_if_busy=True)
+        except zmq.Again:
+            self.log(f"worker {self.name}: no connection to the coordinator to queue {message.cmd} on; dropped it")
+            return None
         self.last_sent = time.monotonic()
         return tracker
 
