@@ -28,9 +28,9 @@ def pull_model(endpoint: str, timeout_s: float = 10.0, curve_client=None) -> tup
         context.term()
         raise
     try:
-        try:        # never blocks: a connection a failed handshake ended takes nothing, and
-            send(socket, Message("pull"), drop_if_busy=True)      # the loop below says why
-        except zmq.Again:
+        try:
+            send(socket, Message("pull"), drop_if_busy=True)
+        except zmq.Again:       # never blocks: a connection a failed handshake ended takes nothing; the loop says why
             pass
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

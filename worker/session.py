@@ -93,13 +93,12 @@ class Session:
     def transmit(self, message: Message, track: bool = False) -> zmq.MessageTracker | None:
         """Never blocks: after a failed handshake libzmq leaves no connection to queue on, and the
         loop must go on to hear why (the handshake watch) or give up (liveness)."""
+        self.last_sent = time.monotonic()      # a dropped heartbeat keeps the heartbeats' pace too
         try:
-            tracker = send(self.socket, message, track=track, drop_if_busy=True)
+            return send(self.socket, message, track=track, drop_if_busy=True)
         except zmq.Again:
             self.log(f"worker {self.name}: no connection to the coordinator to queue {message.cmd} on; dropped it")
             return None
-        self.last_sent = time.monotonic()
-        return tracker
 
     # from the coordinator -------------------------------------------------------------------
     def handle(self, message: Message, now: float) -> str | None:
