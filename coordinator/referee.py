@@ -7,6 +7,7 @@ import numpy as np
 
 from model.arithmetic import arithmetic
 from model.corpus import Corpus
+from model.masks import MaskSettings
 from model.training import ChunkGradients, Contribution, TrainState
 from model.wire import wire_round
 
@@ -30,8 +31,7 @@ class Referee:
         inputs, targets = self.corpus.window(state.step_in_epoch, chunks)
         result = self.math[1].compute(wire_round(state.params, config.wire_dtype), state.step, chunks, inputs,
                                       targets, state.chunk_h[:, chunks], state.chunk_c[:, chunks],
-                                      dropout=config.dropout, seed=config.seed,
-                                      weight_drop=config.weight_drop)
+                                      mask_settings=MaskSettings.of(config))
         result.grad = wire_round(result.grad, config.wire_dtype, state.layout.pieces)
         return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.corpus import Corpus
+from model.masks import MaskSettings
 from model.training import TrainState
 from model.wire import WIRE_TAGS, narrow, sum_tag
 from protocol import Message
@@ -16,8 +17,7 @@ def work_message(state: TrainState, corpus: Corpus, token: int, step: int, group
     relay chain links (SPEC.md 4.5; chain.NO_LINKS off any chain)."""
     config, chunk_ids = state.config, list(group)
     inputs, targets = corpus.window(state.step_in_epoch, chunk_ids)
-    fields = {"token": token, "step": step, "chunks": chunk_ids, "dropout": config.dropout, "seed": config.seed,
-              "weight_drop": config.weight_drop,
+    fields = {"token": token, "step": step, "chunks": chunk_ids, **MaskSettings.of(config).fields(),
               "wire": WIRE_TAGS[config.wire_dtype] or np.dtype(config.dtype).str, "sum_wire": sum_tag(config),
               **links}
     return Message("work", fields, {"h": state.chunk_h[:, chunk_ids], "c": state.chunk_c[:, chunk_ids],

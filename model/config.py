@@ -8,6 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .masks import DROPOUT_FORMS
 from .params import PIECE_ELEMENTS
 from .wire import WIRE_TAGS
 
@@ -46,6 +47,9 @@ class Config:
     dtype: str = _field("float32", "float32 for speed, float64 for checks", DTYPES)
     seed: int = _field(1337, "initialisation (and dropout mask) seed")
     dropout: float = _field(0.0, "inverted dropout on each layer's output during training")
+    dropout_form: str = _field(
+        "step", "how the dropout masks vary in time: 'step' (a fresh mask for every time step) or 'window' "
+        "(one mask per chunk and window, shared by its time steps: AWD-LSTM's locked dropout)", DROPOUT_FORMS)
     lr_decay: float = _field(1.0, "multiply the learning rate by this once per epoch ...")
     lr_decay_after: int = _field(0, "... for each epoch completed beyond this many")
     recurrent_form: str = _field(
@@ -105,7 +109,7 @@ class Config:
             problems.append(f"need piece_elements >= 1 (got {self.piece_elements})")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"need 0 <= ema_decay < 1 (got {self.ema_decay})")
-        for name in ("dtype", "recurrent_form", "wire_dtype", "chain_sums"):
+        for name in ("dtype", "recurrent_form", "wire_dtype", "chain_sums", "dropout_form"):
             choices = self.choices(name)
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {choices} (got {getattr(self, name)!r})")

@@ -10,6 +10,7 @@ import numpy as np
 
 from .average import ParamAverage
 from .corpus import Corpus
+from .masks import MaskSettings
 from .optim import RMSprop
 from .rewind import Rewind
 from .training import ChunkGradients, Contribution, TrainState
@@ -50,8 +51,7 @@ class InProcessSource:
         wire = state.config.wire_dtype          # rounded as a worker's would be, both ways
         contribution = self.gradients.compute(wire_round(state.params, wire), state.step, self.all_chunks,
                                               inputs, targets, state.chunk_h, state.chunk_c,
-                                              dropout=state.config.dropout, seed=state.config.seed,
-                                              weight_drop=state.config.weight_drop)
+                                              mask_settings=MaskSettings.of(state.config))
         contribution.grad = wire_round(contribution.grad, wire, state.layout.pieces)
         return Gathered({self.all_chunks: contribution}, [contribution.grad], {"workers": 0})
 

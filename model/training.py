@@ -1,4 +1,4 @@
-"""What a training run is made of: its state (what a checkpoint holds), the dropout masks, and
+"""What a training run is made of: its state (what a checkpoint holds), DropConnect's weights, and
 the math that turns a batch of chunks' windows into loss, gradient and new carried states."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from . import lstm
 from .average import debiased
 from .config import Config
 from .corpus import Corpus
+from .masks import MaskSettings
 from .params import ParamLayout, init_params
 from .recurrent import resolve_form
 from .wire import WIRE_TAGS
@@ -91,39 +92,6 @@ def shape_sizes(config: Config, layout: ParamLayout) -> dict:
     return sizes
 
 
-def dropout_masks(dropout: float, seed: int, step: int, chunk_ids, shape: tuple[int, int, int],
-                  dtype) -> np.ndarray | None:
-    """(L, T, B, H) inverted-dropout multipliers (0 or 1/(1-p)) for shape (L, T, H), or None
-    without dropout. protocol/SPEC.md (section 4.2) specifies exactly this, for any worker.
-
-    Each chunk's mask is drawn from its own generator seeded by (seed, step, chunk), so the
-    masks, and the trained model, do not depend on how chunks are spread over workers."""
-    if dropout == 0.0:
-        return None
-    layers, seq_len, hidden = shape
-    keep = 1.0 - dropout
-    masks = np.empty((layers, seq_len, len(chunk_ids), hidden), dtype=dtype)
-    for column, chunk in enumerate(chunk_ids):
-        draws = np.random.default_rng([seed, step, int(chunk)]).random(shape)
-        masks[:, :, column, :] = (draws < keep) / keep
-    return masks
-
-
-WEIGHT_DROP_STREAM = 87        # a 4th seed word: weight-drop masks never share a stream with dropout's
-
-
-def weight_drop_masks(weight_drop: float, seed: int, step: int, layers: int, hidden: int,
-                      dtype) -> list[np.ndarray] | None:
-    """Each layer's (H, 4H) DropConnect multipliers for W_h at a step (0 or 1/(1-p)), or None
-    without weight drop: layer l's from numpy.random.default_rng([seed, step, 87, l]), the same
-    for every chunk of the step (protocol/SPEC.md 4.2 specifies exactly this)."""
-    if weight_drop == 0.0:
-        return None
-    keep = 1.0 - weight_drop
-    return [((np.random.default_rng([seed, step, WEIGHT_DROP_STREAM, layer]).random((hidden, 4 * hidden)) < keep)
-             / keep).astype(dtype) for layer in range(layers)]
-
-
 def dropping_weights(views: dict, grads: dict, masks: list[np.ndarray], await_layer, layer_done):
     """The parameter views the math reads, each W_h replaced by its dropped copy once its layer's
     parameters are in, and hooks that turn the dropped copy's gradient into W_h's (times the
@@ -165,19 +133,19 @@ class ChunkGradients:
         self.blocked = resolve_form(config.recurrent_form) == "blocks"
 
     def compute(self, params: np.ndarray, step: int, chunk_ids, inputs, targets, h0, c0, *,
-                dropout: float, seed: int, out: np.ndarray | None = None, await_layer=None,
-                layer_done=None, weight_drop: float = 0.0) -> Contribution:
-        """inputs/targets (B, T) of the chunks chunk_ids at a step, states (L, B, H); dropout,
-        weight_drop and seed determine the masks. Every element of the gradient is written, into out
-        when given. await_layer and layer_done stream parameters in and gradients out, layer
+                mask_settings: MaskSettings, out: np.ndarray | None = None, await_layer=None,
+                layer_done=None) -> Contribution:
+        """inputs/targets (B, T) of the chunks chunk_ids at a step, states (L, B, H); the mask
+        settings determine the dropout and weight-drop masks. Every element of the gradient is
+        written, into out when given. await_layer and layer_done stream parameters in and gradients out, layer
         by layer (lstm.loss_and_grad); compute_s includes any time spent in them."""
         started = time.perf_counter()
         grad = np.empty(self.layout.total, dtype=self.dtype) if out is None else out
         config = self.config
-        masks = dropout_masks(dropout, seed, step, chunk_ids, (config.layers, config.seq_len, config.hidden),
-                              self.dtype)
+        masks = mask_settings.dropout_masks(step, chunk_ids, (config.layers, config.seq_len, config.hidden),
+                                            self.dtype)
         views, grads = self.layout.views(params), self.layout.views(grad)
-        dropped = weight_drop_masks(weight_drop, seed, step, config.layers, config.hidden, self.dtype)
+        dropped = mask_settings.weight_drop_masks(step, config.layers, config.hidden, self.dtype)
         if dropped is not None:
             views, await_layer, layer_done = dropping_weights(views, grads, dropped, await_layer, layer_done)
         loss_sum, h_last, c_last, _, _ = lstm.loss_and_grad(

@@ -1,4 +1,4 @@
-"""CLSTM/6: the wire protocol between coordinator, workers and clients (see SPEC.md).
+"""CLSTM/7: the wire protocol between coordinator, workers and clients (see SPEC.md).
 
 Knows message framing, names, dtypes and shapes; nothing about what the arrays mean."""
 from .messages import decode, encode  # noqa: F401

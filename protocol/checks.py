@@ -11,7 +11,7 @@ from .schema import (ARITHMETIC, BOOL, CHUNKS, DIGESTS, FLOAT, FLOAT_DTYPES, FRA
                      HEX_CHARS, INDEX_DTYPE, INT, INTS, MAP, MAX_ARITHMETIC_CHARS, MAX_HEADER_BYTES,
                      MAX_HEADER_DEPTH, MAX_NAME_CHARS, MAX_PIECES, MAX_RELAY_CHARS, NAME,
                      NARROW_DTYPES, ProtocolError, REFERENCE, RELAY, SCHEMAS, SHAPES, SIZES, STORAGE,
-                     STR, STRS, WIRE)
+                     STR, STRS, WIRE, MASK_FORM, MASK_FORMS)
 
 
 def is_int(value) -> bool:
@@ -44,6 +44,7 @@ def check_field(cmd: str, name: str, kind: str, value) -> None:
         INT: lambda v: is_int(v),
         REFERENCE: lambda v: isinstance(v, dict) and v == reference_of(v),
         WIRE: lambda v: v in FLOAT_DTYPES + NARROW_DTYPES,
+        MASK_FORM: lambda v: v in MASK_FORMS,
         FLOAT: is_float,
         FRACTION: lambda v: is_float(v) and 0 <= v < 1,
         STR: lambda v: isinstance(v, str) and len(v) <= MAX_HEADER_BYTES,

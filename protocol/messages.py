@@ -1,4 +1,4 @@
-"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/6 (SPEC.md, sections 3-4)."""
+"""Pure encode(message) -> frames and decode(frames) -> message for CLSTM/7 (SPEC.md, sections 3-4)."""
 from __future__ import annotations
 
 import math

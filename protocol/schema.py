@@ -1,4 +1,4 @@
-"""What a CLSTM/6 message may hold (SPEC.md, sections 3-4): the limits, the field kinds, each
+"""What a CLSTM/7 message may hold (SPEC.md, sections 3-4): the limits, the field kinds, each
 command's fields and arrays, and the Message and ProtocolError types. Declared here once; checks.py
 checks received values against it and messages.py encodes and decodes."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SIGNATURE = b"CLSTM/6"
+SIGNATURE = b"CLSTM/7"
 MAX_HEADER_BYTES = 64 * 1024
 # Containers nested in a header, the header map itself counted: `shapes` (map > list > list) is the
 # deepest the protocol needs. Anything deeper is refused before any field is looked at, so nothing
@@ -40,13 +40,14 @@ class ProtocolError(ValueError):
 
 # Field kinds.
 INT, FLOAT, FRACTION, STR, NAME, BOOL, MAP, CHUNKS, INTS, SIZES, STRS, SHAPES, REFERENCE, WIRE, RELAY, HEX, HEXES, \
-    DIGESTS, ARITHMETIC = (
+    DIGESTS, ARITHMETIC, MASK_FORM = (
         "int", "float", "fraction", "str", "name", "bool", "map", "chunks", "ints", "sizes", "strs", "shapes",
-        "reference", "wire", "relay", "hex", "hexes", "digests", "arithmetic")
+        "reference", "wire", "relay", "hex", "hexes", "digests", "arithmetic", "mask_form")
 HEX_CHARS = 64          # a SHA-256 digest, an HMAC-SHA256 or a 32-byte key, in lowercase hex (SPEC.md 4.5)
 MAX_PIECES = 4096
 MAX_RELAY_CHARS = 256
 MAX_ARITHMETIC_CHARS = 256
+MASK_FORMS = ("step", "window")    # how a dropout mask varies in time (SPEC.md 4.2)
 
 # cmd -> (fields, arrays as name -> (dtype kind, symbolic shape))
 STATE = ("L", "B", "H")
@@ -62,6 +63,7 @@ SCHEMAS: dict[str, tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
     "welcome": ({"token": INT, "config": MAP, "vocab": STR, "heartbeat_s": FLOAT,
                  "liveness_s": FLOAT, "names": STRS, "shapes": SHAPES, "pieces": SIZES}, {}),
     "work": ({"token": INT, "step": INT, "chunks": CHUNKS, "dropout": FRACTION, "seed": INT, "wire": WIRE, "weight_drop": FRACTION,
+              "dropout_form": MASK_FORM,
               "sum_wire": WIRE, "params_to": RELAY, "sum_from": BOOL, "sum_to": RELAY,
               "params_digests": HEXES, "sum_key_in": HEX, "sum_key_out": HEX},
              {"h": ("float", STATE), "c": ("float", STATE),

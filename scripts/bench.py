@@ -33,6 +33,7 @@ def measure_in_process(layers, hidden, chunks, seq_len, vocab, steps, warmup, fo
     """(in the child) Median seconds of one batch of every chunk through ChunkGradients."""
     import numpy as np
     from model.config import Config
+    from model.masks import MaskSettings
     from model.params import ParamLayout, init_params
     from model.training import ChunkGradients
     config = Config(layers=layers, hidden=hidden, chunks=chunks, seq_len=seq_len, recurrent_form=form)
@@ -45,8 +46,7 @@ def measure_in_process(layers, hidden, chunks, seq_len, vocab, steps, warmup, fo
     times = []
     for step in range(warmup + steps):
         started = time.perf_counter()
-        gradients.compute(params, step, range(chunks), x, x, state, state, dropout=config.dropout,
-                          seed=config.seed, weight_drop=config.weight_drop)
+        gradients.compute(params, step, range(chunks), x, x, state, state, mask_settings=MaskSettings.of(config))
         times.append(time.perf_counter() - started)
     return {"seconds": statistics.median(times[warmup:])}
 

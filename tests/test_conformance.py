@@ -219,7 +219,7 @@ def tiny_welcome(token: int, pieces=None, liveness_s: float = 5.0) -> Message:
 def tiny_work(token: int) -> list[Message]:
     names = {"token": token, "step": 0, "chunks": [0]}
     state = np.zeros((1, 1, 4), np.float32)
-    work = Message("work", {**names, "dropout": 0.0, "seed": 1, "wire": "<f4", "weight_drop": 0.0, "sum_wire": "<f4", **NO_LINKS},
+    work = Message("work", {**names, "dropout": 0.0, "seed": 1, "wire": "<f4", "weight_drop": 0.0, "dropout_form": "step", "sum_wire": "<f4", **NO_LINKS},
                    {"h": state, "c": state, "inputs": np.zeros((1, 5), np.int32), "targets": np.ones((1, 5), np.int32)})
     size = tiny_welcome(token)["pieces"][0]
     return [work, Message("params", {"step": 0, "piece": 0}, {"params": np.full(size, 0.1, np.float32)})]

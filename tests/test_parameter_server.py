@@ -1,5 +1,6 @@
 """ParameterServer and WorkerCompute as plain objects: no sockets."""
 import numpy as np
+import pytest
 
 from coordinator.server import ParameterServer, partition
 from model.config import Config
@@ -119,13 +120,14 @@ def test_a_joining_worker_gets_chunks_at_the_next_step():
     assert {i.token for i in server.start_step()} == {a, b}
 
 
-def test_dropout_masks_do_not_depend_on_the_partition():
-    from model.training import dropout_masks
-    config = Config(layers=2, hidden=8, chunks=5, seq_len=10, dropout=0.3)
+@pytest.mark.parametrize("form", ["step", "window"])
+def test_dropout_masks_do_not_depend_on_the_partition(form):
+    from model.masks import MaskSettings
+    config = Config(layers=2, hidden=8, chunks=5, seq_len=10, dropout=0.3, dropout_form=form)
     shape = (config.layers, config.seq_len, config.hidden)
 
     def masks(step, chunks, dropout=config.dropout):
-        return dropout_masks(dropout, config.seed, step, chunks, shape, np.float64)
+        return MaskSettings(config.seed, dropout, form).dropout_masks(step, chunks, shape, np.float64)
     whole = masks(4, range(5))
     parts = np.concatenate([masks(4, [0, 1]), masks(4, [2, 3, 4])], axis=2)
     np.testing.assert_array_equal(whole, parts)
@@ -209,18 +211,25 @@ def test_equal_workers_get_no_copy_until_a_group_is_far_past_the_usual_time():
 
 def test_dropout_masks_follow_the_spec_s_recipe_and_come_from_the_work_message():
     """SPEC.md 4.2, written out independently; and the worker uses the p and seed it is sent."""
-    from model.training import dropout_masks
+    from model.masks import MaskSettings
     p, seed, step, chunks, shape = 0.3, 11, 6, [4, 1], (2, 10, 8)
-    masks = dropout_masks(p, seed, step, chunks, shape, np.float32)            # (L, T, B, H)
+    masks = MaskSettings(seed, p).dropout_masks(step, chunks, shape, np.float32)            # (L, T, B, H)
+    locked = MaskSettings(seed, p, "window").dropout_masks(step, chunks, shape, np.float32)
     for column, chunk in enumerate(chunks):
         draws = np.random.default_rng([seed, step, chunk]).random(shape)
         expected = np.where(draws < 1 - p, 1.0 / (1 - p), 0.0).astype(np.float32)
         np.testing.assert_array_equal(masks[:, :, column, :], expected)
+        draws = np.random.default_rng([seed, step, chunk]).random((shape[0], shape[2]))   # (L, H)
+        for t in range(shape[1]):       # the window form: one (L, H) draw for every time step
+            np.testing.assert_array_equal(locked[:, t, column, :],
+                                          np.where(draws < 1 - p, 1.0 / (1 - p), 0.0).astype(np.float32))
     config, server, computer, item = one_worker_step(dropout=0.3)   # the worker's config says none
     with_dropout = whole_gradient(worker_answer(server, item, computer))
     assert not np.array_equal(with_dropout, whole_gradient(worker_answer(server, item, computer, dropout=0.0)))
     assert not np.array_equal(with_dropout, whole_gradient(worker_answer(server, item, computer,
                                                                          seed=config.seed + 1)))
+    assert not np.array_equal(with_dropout, whole_gradient(worker_answer(server, item, computer,
+                                                                         dropout_form="window")))
 
 
 def test_an_owner_that_keeps_losing_is_routed_around_except_on_probe_steps():

@@ -37,7 +37,7 @@ def header_frames(header, arrays=()):
 
 def every_command() -> list[Message]:
     """One valid message of every command, for DIMS."""
-    work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3, "wire": "bf16", "weight_drop": 0.1, "sum_wire": "bf16",
+    work = Message("work", {"token": 1, "step": 0, "chunks": [0], "dropout": 0.25, "seed": 3, "wire": "bf16", "weight_drop": 0.1, "dropout_form": "window", "sum_wire": "bf16",
                             "params_to": "tcp://10.0.0.2:4000", "sum_from": True, "sum_to": "",
                             "params_digests": ["ab" * 32, "cd" * 32], "sum_key_in": "0f" * 32, "sum_key_out": ""},
                    {"h": np.ones((2, 1, 3), np.float32), "c": np.ones((2, 1, 3), np.float32),

@@ -186,7 +186,7 @@ def test_a_chain_s_sum_stands_for_its_groups_and_a_step_without_every_gradient_i
 
 
 def test_a_direct_order_sends_every_own_piece_to_the_coordinator_once():
-    work = Message("work", {"token": 1, "step": 0, "chunks": [3, 4], "dropout": 0.0, "seed": 1, "wire": "<f4", "weight_drop": 0.0, "sum_wire": "<f4",
+    work = Message("work", {"token": 1, "step": 0, "chunks": [3, 4], "dropout": 0.0, "seed": 1, "wire": "<f4", "weight_drop": 0.0, "dropout_form": "step", "sum_wire": "<f4",
                             "params_to": "", "sum_from": True, "sum_to": "tcp://10.0.0.9:1", "params_digests": [],
                             "sum_key_in": "01" * 32, "sum_key_out": "02" * 32}, {})
     chain = ChainSums(work, np.float32, None)

@@ -7,7 +7,8 @@ import pytest
 import helpers
 from model.config import Config
 from model.params import ParamLayout, init_params
-from model.training import ChunkGradients, weight_drop_masks
+from model.masks import MaskSettings
+from model.training import ChunkGradients
 from test_lstm_math import centred_differences, relative_error
 
 VOCAB, LAYERS, HIDDEN, CHUNKS, STEPS = 7, 2, 5, 4, 6
@@ -25,8 +26,7 @@ def problem(weight_drop=0.3):
 
 
 def compute(gradients, params, chunks, inputs, targets, h0, c0, config, **hooks):
-    return gradients.compute(params, 3, chunks, inputs, targets, h0, c0, dropout=0.2, seed=11,
-                             weight_drop=config.weight_drop, **hooks)
+    return gradients.compute(params, 3, chunks, inputs, targets, h0, c0, mask_settings=MaskSettings(11, 0.2, "step", config.weight_drop), **hooks)
 
 
 def test_gradient_check_through_the_dropped_recurrent_weights_float64():
@@ -41,11 +41,11 @@ def test_gradient_check_through_the_dropped_recurrent_weights_float64():
 
 
 def test_the_masks_are_the_spec_s_and_change_the_result():
-    masks = weight_drop_masks(0.3, 11, 3, LAYERS, HIDDEN, np.float64)
+    masks = MaskSettings(11, weight_drop=0.3).weight_drop_masks(3, LAYERS, HIDDEN, np.float64)
     for layer, mask in enumerate(masks):
         draws = np.random.default_rng([11, 3, 87, layer]).random((HIDDEN, 4 * HIDDEN))
         assert np.array_equal(mask, (draws < 0.7) / 0.7)
-    assert weight_drop_masks(0.0, 11, 3, LAYERS, HIDDEN, np.float64) is None
+    assert MaskSettings(11).weight_drop_masks(3, LAYERS, HIDDEN, np.float64) is None
     config, _, gradients, params, inputs, targets, h0, c0 = problem()
     plain_config, _, plain, *_ = problem(0.0)
     chunks = list(range(CHUNKS))

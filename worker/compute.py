@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from model.config import Config
+from model.masks import MaskSettings
 from model.params import ParamLayout
 from model.training import ChunkGradients, shape_sizes
 from model.wire import narrow, widen, wire_dtype_of
@@ -124,9 +125,8 @@ class WorkerCompute:
         watch = incoming.watch() if isinstance(incoming, IncomingParams) else incoming
         arrays = work.arrays
         result = self.gradients.compute(watch.params, work["step"], work["chunks"], arrays["inputs"],
-                                        arrays["targets"], arrays["h"], arrays["c"], dropout=work["dropout"],
-                                        seed=work["seed"], weight_drop=work["weight_drop"], out=grad, await_layer=await_layer,
-                                        layer_done=layer_done)
+                                        arrays["targets"], arrays["h"], arrays["c"], mask_settings=MaskSettings.of(work),
+                                        out=grad, await_layer=await_layer, layer_done=layer_done)
         if timings is not None:
             timings["waited_s"] = watch.waited_s
         emit(Message("push", {**names, "loss": result.loss, "compute_s": result.compute_s - watch.waited_s},
