@@ -91,6 +91,14 @@ def test_malformed_push_or_piece_is_rejected(make, bad, match):
         decode(frames, DIMS)
 
 
+@pytest.mark.parametrize("form", ["locked", "", None, ["window"], 1])
+def test_a_work_whose_dropout_form_is_not_the_spec_s_is_rejected(form):
+    work = every_command()[2]
+    work.fields["dropout_form"] = form
+    with pytest.raises(ProtocolError, match="dropout_form"):
+        decode(encode_unchecked(work), dict(DIMS, wire="bf16"))
+
+
 def encode_unchecked(message):
     specs = [[n, a.dtype.str, list(a.shape)] for n, a in message.arrays.items()]
     header = {"cmd": message.cmd, "arrays": specs, **message.fields}
