@@ -1,7 +1,8 @@
 """What fixes a step's random masks (protocol/SPEC.md 4.2), and the masks: inverted dropout on each
 layer's output, drawn afresh for every time step or once per window (AWD-LSTM's locked dropout),
-and DropConnect on the recurrent weights (weight drop). Every mask is a pure function of the
-settings, the step and the chunk, so no result depends on how chunks are spread over workers."""
+and DropConnect on the recurrent weights (weight drop), with the views of the parameters that the
+math reads through it. Every mask is a pure function of the settings, the step and the chunk, so
+no result depends on how chunks are spread over workers."""
 from __future__ import annotations
 
 import dataclasses
@@ -59,3 +60,23 @@ class MaskSettings:
         keep = 1.0 - self.weight_drop
         return [((np.random.default_rng([self.seed, step, WEIGHT_DROP_STREAM, layer]).random((hidden, 4 * hidden))
                   < keep) / keep).astype(dtype) for layer in range(layers)]
+
+
+def dropping_weights(views: dict, grads: dict, masks: list[np.ndarray], await_layer, layer_done):
+    """The parameter views the math reads, each W_h replaced by its dropped copy once its layer's
+    parameters are in, and hooks that turn the dropped copy's gradient into W_h's (times the
+    mask) before a layer's gradient is passed on. Returns (views, await_layer, layer_done)."""
+    views = dict(views)
+    source = dict(views)
+
+    def awaited(layer: int) -> None:
+        if await_layer is not None:
+            await_layer(layer)
+        name = f"lstm{layer}.W_h"
+        views[name] = source[name] * masks[layer]
+
+    def done(layer: int) -> None:
+        grads[f"lstm{layer}.W_h"] *= masks[layer]
+        if layer_done is not None:
+            layer_done(layer)
+    return views, awaited, done

@@ -1,5 +1,5 @@
-"""What a training run is made of: its state (what a checkpoint holds), DropConnect's weights, and
-the math that turns a batch of chunks' windows into loss, gradient and new carried states."""
+"""What a training run is made of: its state (what a checkpoint holds) and the math that turns a
+batch of chunks' windows into loss, gradient and new carried states."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +11,7 @@ from . import lstm
 from .average import debiased
 from .config import Config
 from .corpus import Corpus
-from .masks import MaskSettings
+from .masks import MaskSettings, dropping_weights
 from .params import ParamLayout, init_params
 from .recurrent import resolve_form
 from .wire import WIRE_TAGS
@@ -90,26 +90,6 @@ def shape_sizes(config: Config, layout: ParamLayout) -> dict:
     if WIRE_TAGS[config.wire_dtype]:
         sizes["wire"] = WIRE_TAGS[config.wire_dtype]
     return sizes
-
-
-def dropping_weights(views: dict, grads: dict, masks: list[np.ndarray], await_layer, layer_done):
-    """The parameter views the math reads, each W_h replaced by its dropped copy once its layer's
-    parameters are in, and hooks that turn the dropped copy's gradient into W_h's (times the
-    mask) before a layer's gradient is passed on. Returns (views, await_layer, layer_done)."""
-    views = dict(views)
-    source = dict(views)
-
-    def awaited(layer: int) -> None:
-        if await_layer is not None:
-            await_layer(layer)
-        name = f"lstm{layer}.W_h"
-        views[name] = source[name] * masks[layer]
-
-    def done(layer: int) -> None:
-        grads[f"lstm{layer}.W_h"] *= masks[layer]
-        if layer_done is not None:
-            layer_done(layer)
-    return views, awaited, done
 
 
 @dataclass
